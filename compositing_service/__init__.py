@@ -1,0 +1,1 @@
+"""Compositing tier: the public API, avatar backgrounds, compositing and JPEG encoding."""

@@ -1,0 +1,112 @@
+"""The compositing tier's avatars: decoded backgrounds, face boxes and 328x328 working crops."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lipsync.avatar.backgrounds import iter_backgrounds
+from lipsync.avatar.geometry import crop_face, load_crop_rects
+from lipsync.avatar.spec import (
+    CROP_SIZE,
+    AvatarSpec,
+    load_spec,
+    resolve_avatar_dir,
+    validate_avatar_id,
+)
+from lipsync.errors import FailedPrecondition
+from lipsync.registry import LoadOnceCache
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CompositingAvatar:
+    """A loaded avatar as the compositing tier needs it; everything per frame is precomputed."""
+
+    spec: AvatarSpec
+    folder: Path
+    backgrounds: np.ndarray  # uint8 [N, H, W, 3] BGR
+    boxes: np.ndarray  # int32 [N, 4] x1, y1, x2, y2 (exclusive)
+    crops: np.ndarray  # uint8 [N, 328, 328, 3] BGR: each face box resized to 328x328
+    loaded_unix_ms: int
+    load_ms: float
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.backgrounds.nbytes + self.crops.nbytes + self.boxes.nbytes)
+
+
+def load_compositing_avatar(avatars_dir: Path, avatar_id: str) -> CompositingAvatar:
+    """Decode an avatar package's backgrounds and precompute its working crops."""
+    started = time.perf_counter()
+    folder = resolve_avatar_dir(avatars_dir, avatar_id)
+    spec = load_spec(folder)
+    boxes = load_crop_rects(
+        spec.path(folder, spec.crop_rects),
+        frame_count=spec.frame_count,
+        width=spec.width,
+        height=spec.height,
+    )
+
+    backgrounds = np.empty((spec.frame_count, spec.height, spec.width, 3), dtype=np.uint8)
+    crops = np.empty((spec.frame_count, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
+    count = 0
+    for i, frame in enumerate(iter_backgrounds(spec.path(folder, spec.backgrounds))):
+        if i >= spec.frame_count or frame.shape != backgrounds.shape[1:]:
+            raise FailedPrecondition(
+                f"avatar {avatar_id!r}: background frame {i} does not match avatar.yaml "
+                f"({spec.frame_count} frames of {spec.width}x{spec.height})"
+            )
+        backgrounds[i] = frame
+        crops[i] = crop_face(frame, boxes[i])
+        count = i + 1
+    if count != spec.frame_count:
+        raise FailedPrecondition(
+            f"avatar {avatar_id!r}: {count} background frames, "
+            f"but avatar.yaml declares {spec.frame_count}"
+        )
+
+    load_ms = (time.perf_counter() - started) * 1000
+    avatar = CompositingAvatar(
+        spec=spec,
+        folder=folder,
+        backgrounds=backgrounds,
+        boxes=boxes,
+        crops=crops,
+        loaded_unix_ms=int(time.time() * 1000),
+        load_ms=load_ms,
+    )
+    logger.info(
+        "loaded avatar %s: %d backgrounds of %dx%d, %.0f MB, %.0f ms",
+        avatar_id,
+        spec.frame_count,
+        spec.width,
+        spec.height,
+        avatar.memory_bytes / 1e6,
+        load_ms,
+    )
+    return avatar
+
+
+class CompositingAvatars:
+    """Load avatars by id on first use and keep them."""
+
+    def __init__(self, avatars_dir: Path) -> None:
+        self.avatars_dir = avatars_dir
+        self._cache: LoadOnceCache[CompositingAvatar] = LoadOnceCache(
+            lambda avatar_id: load_compositing_avatar(avatars_dir, avatar_id)
+        )
+
+    def get(self, avatar_id: str) -> tuple[CompositingAvatar, float]:
+        """Return the avatar and the milliseconds spent loading it for this call (0 if cached)."""
+        validate_avatar_id(avatar_id)
+        avatar, loaded_now = self._cache.get(avatar_id)
+        return avatar, avatar.load_ms if loaded_now else 0.0
+
+    def loaded(self) -> list[CompositingAvatar]:
+        return self._cache.values()

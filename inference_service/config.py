@@ -1,0 +1,40 @@
+"""Configuration of the inference tier (configs/inference.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from lipsync.settings import LogConfig, ServerConfig, StrictModel
+
+
+class ModelsConfig(StrictModel):
+    """Where the models are and how they run."""
+
+    audio_encoder: Path = Field(..., description="audio encoder ONNX (wav2lip SyncNet audio tower)")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto uses CUDA when onnxruntime-gpu sees a GPU, else the CPU"
+    )
+    gpu_id: int = Field(0, ge=0, le=63)
+    batch_size: int = Field(
+        24, ge=1, le=256, description="frames per UNet run, also the frames per streamed response"
+    )
+    audio_encoder_batch_size: int = Field(64, ge=1, le=1024)
+    intra_op_threads: int = Field(0, ge=0, le=256, description="0 lets ONNX Runtime choose")
+    preload: list[str] = Field(default_factory=list, description="avatar ids loaded at start")
+
+
+class LimitsConfig(StrictModel):
+    max_audio_seconds: float = Field(
+        300.0, gt=0, le=24 * 3600, description="longest audio accepted in one request"
+    )
+
+
+class InferenceConfig(StrictModel):
+    server: ServerConfig = ServerConfig(port=50051)
+    avatars_dir: Path
+    models: ModelsConfig
+    limits: LimitsConfig = LimitsConfig()
+    log: LogConfig = LogConfig()
