@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +15,14 @@ from lipsync.avatar.backgrounds import iter_backgrounds
 from lipsync.avatar.geometry import crop_face, load_crop_rects
 from lipsync.avatar.spec import (
     CROP_SIZE,
+    INTERPOLATIONS,
     AvatarSpec,
     load_spec,
     resolve_avatar_dir,
     validate_avatar_id,
 )
 from lipsync.errors import FailedPrecondition
-from lipsync.registry import LoadOnceCache
+from lipsync.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ def load_compositing_avatar(avatars_dir: Path, avatar_id: str) -> CompositingAva
                 f"({spec.frame_count} frames of {spec.width}x{spec.height})"
             )
         backgrounds[i] = frame
-        crops[i] = crop_face(frame, boxes[i])
+        crops[i] = crop_face(frame, boxes[i], INTERPOLATIONS[spec.face_interpolation])
         count = i + 1
     if count != spec.frame_count:
         raise FailedPrecondition(
@@ -94,19 +97,36 @@ def load_compositing_avatar(avatars_dir: Path, avatar_id: str) -> CompositingAva
 
 
 class CompositingAvatars:
-    """Load avatars by id on first use and keep them."""
+    """The compositing tier's loaded avatars, in a capacity-bounded ModelRegistry."""
 
-    def __init__(self, avatars_dir: Path) -> None:
+    def __init__(
+        self,
+        avatars_dir: Path,
+        *,
+        max_models: int = 0,
+        max_memory_bytes: int = 0,
+        policy: str = "lru",
+    ) -> None:
         self.avatars_dir = avatars_dir
-        self._cache: LoadOnceCache[CompositingAvatar] = LoadOnceCache(
-            lambda avatar_id: load_compositing_avatar(avatars_dir, avatar_id)
+        self.registry: ModelRegistry[CompositingAvatar] = ModelRegistry(
+            lambda avatar_id: load_compositing_avatar(avatars_dir, avatar_id),
+            max_models=max_models,
+            max_memory_bytes=max_memory_bytes,
+            policy=policy,
+            name="compositing avatars",
         )
 
-    def get(self, avatar_id: str) -> tuple[CompositingAvatar, float]:
-        """Return the avatar and the milliseconds spent loading it for this call (0 if cached)."""
+    @contextmanager
+    def acquire(self, avatar_id: str) -> Iterator[tuple[CompositingAvatar, float]]:
+        """Use an avatar for the block (loading it if needed); yields it and its load time."""
         validate_avatar_id(avatar_id)
-        avatar, loaded_now = self._cache.get(avatar_id)
-        return avatar, avatar.load_ms if loaded_now else 0.0
+        with self.registry.acquire(avatar_id) as (avatar, load_ms):
+            yield avatar, load_ms
+
+    def get(self, avatar_id: str) -> tuple[CompositingAvatar, float]:
+        """Load an avatar if needed and return it with its load time (0 if already loaded)."""
+        validate_avatar_id(avatar_id)
+        return self.registry.load(avatar_id)
 
     def loaded(self) -> list[CompositingAvatar]:
-        return self._cache.values()
+        return [entry.item for entry in self.registry.entries().values()]

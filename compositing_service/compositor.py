@@ -11,14 +11,19 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from lipsync.avatar.spec import CROP_MARGIN, FACE_SIZE
+from compositing_service.avatars import CompositingAvatar
+from lipsync.avatar.spec import CROP_MARGIN, FACE_SIZE, INTERPOLATIONS
 
 JPEG = "jpeg"
 PNG = "png"
 
 
 def composite_frame(
-    background: np.ndarray, crop: np.ndarray, box: np.ndarray, mouth: np.ndarray
+    background: np.ndarray,
+    crop: np.ndarray,
+    box: np.ndarray,
+    mouth: np.ndarray,
+    interpolation: int = cv2.INTER_CUBIC,
 ) -> np.ndarray:
     """Paste a mouth crop into a background frame the way the reference does.
 
@@ -32,12 +37,12 @@ def composite_frame(
     Returns
     -------
     np.ndarray [H, W, 3] uint8 BGR: a new frame with the mouth crop placed in the centre of the
-    328x328 crop, the crop resized back to the box (bicubic) and pasted at the box.
+    328x328 crop, the crop resized back to the box (bicubic by default) and pasted at the box.
     """
     x1, y1, x2, y2 = (int(v) for v in box)
     working = crop.copy()
     working[CROP_MARGIN : CROP_MARGIN + FACE_SIZE, CROP_MARGIN : CROP_MARGIN + FACE_SIZE] = mouth
-    face = cv2.resize(working, (x2 - x1, y2 - y1), interpolation=cv2.INTER_CUBIC)
+    face = cv2.resize(working, (x2 - x1, y2 - y1), interpolation=interpolation)
     frame = background.copy()
     frame[y1:y2, x1:x2] = face
     return frame
@@ -63,39 +68,33 @@ class Compositor:
 
     def _one(
         self,
-        background: np.ndarray,
-        crop: np.ndarray,
-        box: np.ndarray,
+        avatar: CompositingAvatar,
+        background_index: int,
         mouth: np.ndarray,
         output_format: str,
         jpeg_quality: int,
     ) -> bytes:
-        return encode_frame(
-            composite_frame(background, crop, box, mouth), output_format, jpeg_quality
+        frame = composite_frame(
+            avatar.backgrounds[background_index],
+            avatar.crops[background_index],
+            avatar.boxes[background_index],
+            mouth,
+            INTERPOLATIONS[avatar.spec.face_interpolation],
         )
+        return encode_frame(frame, output_format, jpeg_quality)
 
     def render(
         self,
-        backgrounds: np.ndarray,
-        crops: np.ndarray,
-        boxes: np.ndarray,
+        avatar: CompositingAvatar,
         background_indices: np.ndarray,
         mouths: np.ndarray,
         *,
         output_format: str,
         jpeg_quality: int,
     ) -> list[bytes]:
-        """Return one encoded frame per mouth, in order."""
+        """Return one encoded frame per mouth crop [B, 320, 320, 3], in order."""
         jobs = [
-            self._pool.submit(
-                self._one,
-                backgrounds[b],
-                crops[b],
-                boxes[b],
-                mouth,
-                output_format,
-                jpeg_quality,
-            )
+            self._pool.submit(self._one, avatar, int(b), mouth, output_format, jpeg_quality)
             for b, mouth in zip(background_indices, mouths, strict=True)
         ]
         return [job.result() for job in jobs]

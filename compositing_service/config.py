@@ -39,6 +39,15 @@ class LimitsConfig(StrictModel):
     )
 
 
+class StreamsConfig(StrictModel):
+    """Limits of StreamRender sessions."""
+
+    max_streams: int = Field(64, ge=1, le=10000, description="open streams at once")
+    idle_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a stream with no client message for this long is closed"
+    )
+
+
 class CompositingConfig(StrictModel):
     server: ServerConfig = ServerConfig(port=50052)
     avatars_dir: Path
@@ -46,5 +55,6 @@ class CompositingConfig(StrictModel):
     output: OutputConfig = OutputConfig()
     compositor: CompositorConfig = CompositorConfig()
     limits: LimitsConfig = LimitsConfig()
+    streams: StreamsConfig = StreamsConfig()
     preload: list[str] = Field(default_factory=list, description="avatar ids loaded at start")
     log: LogConfig = LogConfig()

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from compositing_service.avatars import CompositingAvatars
+from compositing_service.avatars import CompositingAvatar, CompositingAvatars
 from compositing_service.backend import InferenceBackend
 from compositing_service.compositor import JPEG, PNG, Compositor
 from lipsync.avatar.spec import validate_avatar_id
@@ -91,7 +91,12 @@ class CompositingCore:
     def render(self, job: RenderJob) -> Iterator[RenderedBatch]:
         """Render the job's frames in order, one batch per inference batch."""
         self.validate(job)
-        avatar, load_ms = self.avatars.get(job.avatar_id)
+        with self.avatars.acquire(job.avatar_id) as (avatar, load_ms):
+            yield from self._render(job, avatar, load_ms)
+
+    def _render(
+        self, job: RenderJob, avatar: CompositingAvatar, load_ms: float
+    ) -> Iterator[RenderedBatch]:
         quality = job.jpeg_quality or self.default_jpeg_quality
 
         query = inference_pb2.RenderMouthsRequest(
@@ -109,9 +114,7 @@ class CompositingCore:
         for mouths in self.backend.render_mouths(query):
             started = time.perf_counter()
             images = self.compositor.render(
-                avatar.backgrounds,
-                avatar.crops,
-                avatar.boxes,
+                avatar,
                 mouths.background_indices,
                 mouths.crops,
                 output_format=job.output_format,

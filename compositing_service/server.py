@@ -13,6 +13,7 @@ from compositing_service.backend import GrpcInferenceBackend, InferenceBackend
 from compositing_service.compositor import JPEG, PNG, Compositor
 from compositing_service.config import CompositingConfig
 from compositing_service.core import CompositingCore, RenderJob
+from compositing_service.stream_server import StreamRenderHandler
 from lipsync import __version__
 from lipsync.errors import InvalidArgument
 from lipsync.logs import avatar_id_var
@@ -86,7 +87,7 @@ def job_from_batch_request(
     )
 
 
-class CompositingServicer(compositing_pb2_grpc.CompositingServiceServicer):
+class CompositingServicer(StreamRenderHandler, compositing_pb2_grpc.CompositingServiceServicer):
     """Thin gRPC handlers over CompositingCore."""
 
     def __init__(self, core: CompositingCore, config: CompositingConfig) -> None:

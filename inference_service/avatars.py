@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from lipsync.avatar.spec import (
     validate_avatar_id,
 )
 from lipsync.errors import FailedPrecondition
-from lipsync.registry import LoadOnceCache
+from lipsync.memory import rss_bytes
+from lipsync.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,12 @@ class InferenceAvatar:
     gpu_id: int
     loaded_unix_ms: int
     load_ms: float
+    session_bytes: int = 0
+
+    @property
+    def memory_bytes(self) -> int:
+        """Face inputs plus the measured growth of the process while the UNet session was made."""
+        return int(self.face_inputs.nbytes + self.session_bytes)
 
 
 def load_face_inputs(path: Path, spec: AvatarSpec) -> np.ndarray:
@@ -53,21 +61,41 @@ def load_face_inputs(path: Path, spec: AvatarSpec) -> np.ndarray:
 
 
 class AvatarRegistry:
-    """Load avatars by id on first use and keep them; concurrent first uses share one load."""
+    """The inference tier's loaded avatars, in a capacity-bounded ModelRegistry."""
 
-    def __init__(self, avatars_dir: Path, create_unet: Callable[[Path], tuple[UNet, int]]) -> None:
+    def __init__(
+        self,
+        avatars_dir: Path,
+        create_unet: Callable[[Path], tuple[UNet, int]],
+        *,
+        max_models: int = 0,
+        max_memory_bytes: int = 0,
+        policy: str = "lru",
+    ) -> None:
         self.avatars_dir = avatars_dir
         self._create_unet = create_unet
-        self._cache: LoadOnceCache[InferenceAvatar] = LoadOnceCache(self._load)
+        self.registry: ModelRegistry[InferenceAvatar] = ModelRegistry(
+            self._load,
+            max_models=max_models,
+            max_memory_bytes=max_memory_bytes,
+            policy=policy,
+            name="inference avatars",
+        )
+
+    @contextmanager
+    def acquire(self, avatar_id: str) -> Iterator[tuple[InferenceAvatar, float]]:
+        """Use an avatar for the block (loading it if needed); yields it and its load time."""
+        validate_avatar_id(avatar_id)
+        with self.registry.acquire(avatar_id) as (avatar, load_ms):
+            yield avatar, load_ms
 
     def get(self, avatar_id: str) -> tuple[InferenceAvatar, float]:
-        """Return the avatar and the milliseconds spent loading it for this call (0 if cached)."""
+        """Load an avatar if needed and return it with its load time (0 if already loaded)."""
         validate_avatar_id(avatar_id)
-        avatar, loaded_now = self._cache.get(avatar_id)
-        return avatar, avatar.load_ms if loaded_now else 0.0
+        return self.registry.load(avatar_id)
 
     def loaded(self) -> list[InferenceAvatar]:
-        return self._cache.values()
+        return [entry.item for entry in self.registry.entries().values()]
 
     def _load(self, avatar_id: str) -> InferenceAvatar:
         folder = resolve_avatar_dir(self.avatars_dir, avatar_id)
@@ -78,7 +106,9 @@ class AvatarRegistry:
                 f"{folder}/avatar.yaml has id {spec.id!r} but its folder is named {avatar_id!r}"
             )
         faces = load_face_inputs(spec.path(folder, spec.face_inputs), spec)
+        rss_before = rss_bytes()
         unet, gpu_id = self._create_unet(spec.path(folder, spec.unet))
+        session_bytes = max(rss_bytes() - rss_before, spec.path(folder, spec.unet).stat().st_size)
         load_ms = (time.perf_counter() - started) * 1000
         logger.info(
             "loaded avatar %s: %d frames, UNet audio input %s, %.0f ms",
@@ -95,4 +125,5 @@ class AvatarRegistry:
             gpu_id=gpu_id,
             loaded_unix_ms=int(time.time() * 1000),
             load_ms=load_ms,
+            session_bytes=session_bytes,
         )

@@ -32,9 +32,19 @@ class LimitsConfig(StrictModel):
     )
 
 
+class StreamsConfig(StrictModel):
+    """Limits of StreamMouths sessions."""
+
+    max_sessions: int = Field(64, ge=1, le=10000, description="open streams at once")
+    idle_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a stream with no message for this long is closed"
+    )
+
+
 class InferenceConfig(StrictModel):
     server: ServerConfig = ServerConfig(port=50051)
     avatars_dir: Path
     models: ModelsConfig
     limits: LimitsConfig = LimitsConfig()
+    streams: StreamsConfig = StreamsConfig()
     log: LogConfig = LogConfig()

@@ -139,24 +139,24 @@ class InferenceCore:
                 "first_frame, frame_count and pad_to_frames must be 0 or more, got "
                 f"{request.first_frame}, {request.frame_count}, {request.pad_to_frames}"
             )
-        avatar, load_ms = self.avatars.get(request.avatar_id)
+        with self.avatars.acquire(request.avatar_id) as (avatar, load_ms):
+            started = time.perf_counter()
+            padded = self.audio_features(request, avatar.spec.mel_pad_mode)
+            audio_ms = (time.perf_counter() - started) * 1000
 
-        started = time.perf_counter()
-        padded = self.audio_features(request, avatar.spec.mel_pad_mode)
-        audio_ms = (time.perf_counter() - started) * 1000
+            total = len(padded)
+            first = request.first_frame
+            count = request.frame_count or max(total - first, 0)
+            if first >= total or first + count > total:
+                raise InvalidArgument(
+                    f"frames [{first}, {first + count}) requested but the utterance has {total} "
+                    f"frames (frame indices 0-{total - 1})"
+                )
 
-        total = len(padded)
-        first = request.first_frame
-        count = request.frame_count or max(total - first, 0)
-        if first >= total or first + count > total:
-            raise InvalidArgument(
-                f"frames [{first}, {first + count}) requested but the utterance has {total} frames "
-                f"(frame indices 0-{total - 1})"
-            )
-
-        yield from self._render_frames(
-            avatar, padded, np.arange(first, first + count), request, audio_ms, load_ms
-        )
+            frames = np.arange(first, first + count)
+            for batch in self._render_frames(avatar, padded, frames, request, audio_ms, load_ms):
+                self.avatars.registry.record_inference(request.avatar_id, batch.inference_ms)
+                yield batch
 
     def _render_frames(
         self,
@@ -193,7 +193,6 @@ class InferenceCore:
 
     def warm_up(self, avatar_id: str) -> None:
         """Run the audio encoder and the avatar's UNet once at batch 1 and at full batch."""
-        avatar, _ = self.avatars.get(avatar_id)
         silence = np.zeros(16000, dtype=np.float32).tobytes()
         for frames in (1, self.batch_size):
             request = MouthRequest(

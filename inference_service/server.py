@@ -18,6 +18,7 @@ from inference_service.models import (
     describe_providers,
     select_providers,
 )
+from inference_service.stream_server import StreamMouthsHandler
 from lipsync.errors import InvalidArgument
 from lipsync.logs import avatar_id_var
 from lipsync.protos import inference_pb2, inference_pb2_grpc
@@ -68,7 +69,7 @@ def batch_to_proto(batch: MouthBatch) -> inference_pb2.RenderMouthsResponse:
     )
 
 
-class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+class InferenceServicer(StreamMouthsHandler, inference_pb2_grpc.InferenceServiceServicer):
     """Thin gRPC handlers over InferenceCore."""
 
     def __init__(self, core: InferenceCore) -> None:

@@ -47,6 +47,7 @@ def _avatar_build(args: argparse.Namespace) -> int:
         unet=args.unet,
         channel_order=args.channel_order,
         mel_pad_mode=args.mel_padding,
+        face_interpolation=args.face_interpolation,
         frame_format=args.frame_format,
         overwrite=args.overwrite,
     )
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["constant", "reflect"],
         default="constant",
         help="STFT padding the model was trained with (librosa >= 0.10: constant)",
+    )
+    build.add_argument(
+        "--face-interpolation",
+        choices=["cubic", "linear"],
+        default="cubic",
+        help="interpolation of the face resizes (linear matches SyncTalk_2D's inference_328.py)",
     )
     build.add_argument(
         "--frame-format",

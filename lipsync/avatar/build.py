@@ -18,7 +18,13 @@ import numpy as np
 
 from lipsync.avatar.backgrounds import iter_backgrounds, numbered_images, read_image
 from lipsync.avatar.geometry import crop_face, face_from_crop, validate_boxes
-from lipsync.avatar.spec import FACE_SIZE, AvatarSpec, validate_avatar_id, write_spec
+from lipsync.avatar.spec import (
+    FACE_SIZE,
+    INTERPOLATIONS,
+    AvatarSpec,
+    validate_avatar_id,
+    write_spec,
+)
 from lipsync.errors import FailedPrecondition
 
 logger = logging.getLogger(__name__)
@@ -68,6 +74,7 @@ def build_avatar(
     unet: Path,
     channel_order: str = "bgr",
     mel_pad_mode: str = "constant",
+    face_interpolation: str = "cubic",
     frame_format: str = "png",
     jpeg_quality: int = 95,
     overwrite: bool = False,
@@ -134,7 +141,9 @@ def build_avatar(
             shape=(count, FACE_SIZE, FACE_SIZE, 3),
         )
         for i, path in enumerate(numbered_images(frames_dir)):
-            face_inputs[i] = face_from_crop(crop_face(read_image(path), boxes[i]))
+            face_inputs[i] = face_from_crop(
+                crop_face(read_image(path), boxes[i], INTERPOLATIONS[face_interpolation])
+            )
         face_inputs.flush()
         del face_inputs
 
@@ -147,6 +156,7 @@ def build_avatar(
             frame_count=count,
             channel_order=channel_order,
             mel_pad_mode=mel_pad_mode,
+            face_interpolation=face_interpolation,
         )
         write_spec(staging, spec)
 

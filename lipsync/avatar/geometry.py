@@ -60,8 +60,12 @@ def load_crop_rects(path: Path, *, frame_count: int, width: int, height: int) ->
     return boxes
 
 
-def crop_face(frame: np.ndarray, box: np.ndarray | tuple[int, int, int, int]) -> np.ndarray:
-    """Crop a face box and resize it to the 328x328 working crop (bicubic, as the reference).
+def crop_face(
+    frame: np.ndarray,
+    box: np.ndarray | tuple[int, int, int, int],
+    interpolation: int = cv2.INTER_CUBIC,
+) -> np.ndarray:
+    """Crop a face box and resize it to the 328x328 working crop (bicubic by default).
 
     Parameters
     ----------
@@ -73,7 +77,7 @@ def crop_face(frame: np.ndarray, box: np.ndarray | tuple[int, int, int, int]) ->
     np.ndarray [328, 328, 3] uint8, same channel order as frame
     """
     x1, y1, x2, y2 = (int(v) for v in box)
-    return cv2.resize(frame[y1:y2, x1:x2], (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(frame[y1:y2, x1:x2], (CROP_SIZE, CROP_SIZE), interpolation=interpolation)
 
 
 def face_from_crop(crop: np.ndarray) -> np.ndarray:

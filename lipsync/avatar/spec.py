@@ -49,6 +49,14 @@ class AvatarSpec(BaseModel):
     mel_pad_mode: Literal["constant", "reflect"] = Field(
         "constant", description="STFT padding the model was trained with"
     )
+    face_interpolation: Literal["cubic", "linear"] = Field(
+        "cubic",
+        description=(
+            "OpenCV interpolation of both face resizes. SyncTalk_2D's inference_328.py passes "
+            "INTER_CUBIC positionally, where cv2.resize takes dst, so OpenCV uses INTER_LINEAR: "
+            "'linear' reproduces that script's pixels"
+        ),
+    )
     unet: str = "unet.onnx"
     backgrounds: str = Field("frames", description="folder of numbered images, or a video file")
     crop_rects: str = "crop_rects.json"
@@ -62,6 +70,9 @@ class AvatarSpec(BaseModel):
                 f"avatar '{self.id}': file '{name}' in {SPEC_FILE} points outside the package"
             )
         return resolved
+
+
+INTERPOLATIONS = {"cubic": 2, "linear": 1}  # cv2.INTER_CUBIC, cv2.INTER_LINEAR
 
 
 def validate_avatar_id(avatar_id: str, *, field: str = "model_id") -> str:

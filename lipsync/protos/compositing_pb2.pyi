@@ -100,16 +100,18 @@ class RenderUtteranceRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., raw_audio: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., audio_encoding: _Optional[_Union[AudioEncoding, str]] = ..., audio_channels: _Optional[int] = ..., start_frame_idx: _Optional[int] = ..., output_format: _Optional[_Union[OutputFormat, str]] = ..., jpeg_quality: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("index", "pts_ms", "background_index", "image")
+    __slots__ = ("index", "pts_ms", "background_index", "image", "silence_fill")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PTS_MS_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_INDEX_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SILENCE_FILL_FIELD_NUMBER: _ClassVar[int]
     index: int
     pts_ms: int
     background_index: int
     image: bytes
-    def __init__(self, index: _Optional[int] = ..., pts_ms: _Optional[int] = ..., background_index: _Optional[int] = ..., image: _Optional[bytes] = ...) -> None: ...
+    silence_fill: bool
+    def __init__(self, index: _Optional[int] = ..., pts_ms: _Optional[int] = ..., background_index: _Optional[int] = ..., image: _Optional[bytes] = ..., silence_fill: _Optional[bool] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("audio_ms", "inference_ms", "composite_ms", "encode_ms")
@@ -136,6 +138,62 @@ class RenderUtteranceResponse(_message.Message):
     height: int
     timings: StageTimings
     def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ..., total_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ...) -> None: ...
+
+class StreamConfig(_message.Message):
+    __slots__ = ("model_id", "sample_rate", "audio_encoding", "audio_channels", "start_frame_idx", "output_format", "jpeg_quality", "lookahead_rows", "paced")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    START_FRAME_IDX_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    JPEG_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    LOOKAHEAD_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PACED_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    sample_rate: int
+    audio_encoding: AudioEncoding
+    audio_channels: int
+    start_frame_idx: int
+    output_format: OutputFormat
+    jpeg_quality: int
+    lookahead_rows: int
+    paced: bool
+    def __init__(self, model_id: _Optional[str] = ..., sample_rate: _Optional[int] = ..., audio_encoding: _Optional[_Union[AudioEncoding, str]] = ..., audio_channels: _Optional[int] = ..., start_frame_idx: _Optional[int] = ..., output_format: _Optional[_Union[OutputFormat, str]] = ..., jpeg_quality: _Optional[int] = ..., lookahead_rows: _Optional[int] = ..., paced: _Optional[bool] = ...) -> None: ...
+
+class AudioChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class Interrupt(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StreamRenderRequest(_message.Message):
+    __slots__ = ("config", "audio", "interrupt")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_FIELD_NUMBER: _ClassVar[int]
+    config: StreamConfig
+    audio: AudioChunk
+    interrupt: Interrupt
+    def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., interrupt: _Optional[_Union[Interrupt, _Mapping]] = ...) -> None: ...
+
+class StreamRenderResponse(_message.Message):
+    __slots__ = ("frames", "session_id", "width", "height", "timings")
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[Frame]
+    session_id: str
+    width: int
+    height: int
+    timings: StageTimings
+    def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ..., session_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -188,18 +246,20 @@ class GetModelStatsRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ...) -> None: ...
 
 class GetModelStatsResponse(_message.Message):
-    __slots__ = ("models", "max_models", "loaded_models", "total_memory_bytes", "max_memory_bytes")
+    __slots__ = ("models", "max_models", "loaded_models", "total_memory_bytes", "max_memory_bytes", "active_streams")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     MAX_MODELS_FIELD_NUMBER: _ClassVar[int]
     LOADED_MODELS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_STREAMS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     max_models: int
     loaded_models: int
     total_memory_bytes: int
     max_memory_bytes: int
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_models: _Optional[int] = ..., loaded_models: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., max_memory_bytes: _Optional[int] = ...) -> None: ...
+    active_streams: int
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_models: _Optional[int] = ..., loaded_models: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., max_memory_bytes: _Optional[int] = ..., active_streams: _Optional[int] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

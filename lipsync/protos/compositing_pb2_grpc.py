@@ -44,6 +44,11 @@ class CompositingServiceStub:
                 request_serializer=lipsync_dot_protos_dot_compositing__pb2.RenderUtteranceRequest.SerializeToString,
                 response_deserializer=lipsync_dot_protos_dot_compositing__pb2.RenderUtteranceResponse.FromString,
                 _registered_method=True)
+        self.StreamRender = channel.stream_stream(
+                '/compositing.CompositingService/StreamRender',
+                request_serializer=lipsync_dot_protos_dot_compositing__pb2.StreamRenderRequest.SerializeToString,
+                response_deserializer=lipsync_dot_protos_dot_compositing__pb2.StreamRenderResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/compositing.CompositingService/ListModels',
                 request_serializer=lipsync_dot_protos_dot_compositing__pb2.ListModelsRequest.SerializeToString,
@@ -84,6 +89,16 @@ class CompositingServiceServicer:
     def RenderUtterance(self, request, context):
         """Render every frame of an utterance (K + 2 frames for K mel windows), streamed in frame
         order in batches as soon as they are composited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamRender(self, request_iterator, context):
+        """Render audio as it arrives. The first message carries `config`; then any number of `audio`
+        chunks of any size; `interrupt` drops audio not yet rendered (barge-in). Half-closing the
+        request stream ends the utterance: the server flushes the remaining frames and closes.
+        The frames equal those RenderUtterance returns for the concatenated audio.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,6 +146,11 @@ def add_CompositingServiceServicer_to_server(servicer, server):
                     servicer.RenderUtterance,
                     request_deserializer=lipsync_dot_protos_dot_compositing__pb2.RenderUtteranceRequest.FromString,
                     response_serializer=lipsync_dot_protos_dot_compositing__pb2.RenderUtteranceResponse.SerializeToString,
+            ),
+            'StreamRender': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamRender,
+                    request_deserializer=lipsync_dot_protos_dot_compositing__pb2.StreamRenderRequest.FromString,
+                    response_serializer=lipsync_dot_protos_dot_compositing__pb2.StreamRenderResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -212,6 +232,33 @@ class CompositingService:
             '/compositing.CompositingService/RenderUtterance',
             lipsync_dot_protos_dot_compositing__pb2.RenderUtteranceRequest.SerializeToString,
             lipsync_dot_protos_dot_compositing__pb2.RenderUtteranceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamRender(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/compositing.CompositingService/StreamRender',
+            lipsync_dot_protos_dot_compositing__pb2.StreamRenderRequest.SerializeToString,
+            lipsync_dot_protos_dot_compositing__pb2.StreamRenderResponse.FromString,
             options,
             channel_credentials,
             insecure,

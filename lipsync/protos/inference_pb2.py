@@ -24,25 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elipsync/protos/inference.proto\x12\tinference\"\xf3\x01\n\x13RenderMouthsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\traw_audio\x18\x02 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x30\n\x0e\x61udio_encoding\x18\x04 \x01(\x0e\x32\x18.inference.AudioEncoding\x12\x16\n\x0e\x61udio_channels\x18\x05 \x01(\x05\x12\x17\n\x0fstart_frame_idx\x18\x06 \x01(\x05\x12\x13\n\x0b\x66irst_frame\x18\x07 \x01(\x05\x12\x13\n\x0b\x66rame_count\x18\x08 \x01(\x05\x12\x15\n\rpad_to_frames\x18\t \x01(\x05\"J\n\tMouthCrop\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x05\x12\x18\n\x10\x62\x61\x63kground_index\x18\x02 \x01(\x05\x12\x0e\n\x06pixels\x18\x03 \x01(\x0c\"\xa4\x01\n\x14RenderMouthsResponse\x12#\n\x05\x63rops\x18\x01 \x03(\x0b\x32\x14.inference.MouthCrop\x12\x18\n\x10utterance_frames\x18\x02 \x01(\x05\x12\x10\n\x08\x61udio_ms\x18\x03 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x02\x12\x15\n\rmodel_load_ms\x18\x05 \x01(\x02\x12\x0e\n\x06gpu_id\x18\x06 \x01(\x05\")\n\x15\x44\x65scribeAvatarRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"b\n\x16\x44\x65scribeAvatarResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_count\x18\x02 \x01(\x05\x12\x11\n\tcrop_size\x18\x03 \x01(\x05\x12\x0e\n\x06gpu_id\x18\x04 \x01(\x05*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\r\n\tPCM_S16LE\x10\x01\x12\r\n\tPCM_F32LE\x10\x02\x32\xbc\x01\n\x10InferenceService\x12Q\n\x0cRenderMouths\x12\x1e.inference.RenderMouthsRequest\x1a\x1f.inference.RenderMouthsResponse0\x01\x12U\n\x0e\x44\x65scribeAvatar\x12 .inference.DescribeAvatarRequest\x1a!.inference.DescribeAvatarResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elipsync/protos/inference.proto\x12\tinference\"\xa0\x02\n\x13RenderMouthsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\traw_audio\x18\x02 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x30\n\x0e\x61udio_encoding\x18\x04 \x01(\x0e\x32\x18.inference.AudioEncoding\x12\x16\n\x0e\x61udio_channels\x18\x05 \x01(\x05\x12\x17\n\x0fstart_frame_idx\x18\x06 \x01(\x05\x12\x13\n\x0b\x66irst_frame\x18\x07 \x01(\x05\x12\x13\n\x0b\x66rame_count\x18\x08 \x01(\x05\x12\x15\n\rpad_to_frames\x18\t \x01(\x05\x12\x13\n\x0b\x66\x61\x63\x65_inputs\x18\n \x01(\x0c\x12\x16\n\x0e\x61udio_features\x18\x0b \x01(\x0c\"\xd6\x01\n\x0bStreamStart\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12\x30\n\x0e\x61udio_encoding\x18\x03 \x01(\x0e\x32\x18.inference.AudioEncoding\x12\x16\n\x0e\x61udio_channels\x18\x04 \x01(\x05\x12\x17\n\x0fstart_frame_idx\x18\x05 \x01(\x05\x12\x1b\n\x0elookahead_rows\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05paced\x18\x07 \x01(\x08\x42\x11\n\x0f_lookahead_rows\"\x1b\n\x0bStreamAudio\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x11\n\x0fStreamInterrupt\"\xa3\x01\n\x13StreamMouthsRequest\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x16.inference.StreamStartH\x00\x12\'\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.inference.StreamAudioH\x00\x12/\n\tinterrupt\x18\x03 \x01(\x0b\x32\x1a.inference.StreamInterruptH\x00\x42\t\n\x07message\"`\n\tMouthCrop\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x05\x12\x18\n\x10\x62\x61\x63kground_index\x18\x02 \x01(\x05\x12\x0e\n\x06pixels\x18\x03 \x01(\x0c\x12\x14\n\x0csilence_fill\x18\x04 \x01(\x08\"\xb8\x01\n\x14RenderMouthsResponse\x12#\n\x05\x63rops\x18\x01 \x03(\x0b\x32\x14.inference.MouthCrop\x12\x18\n\x10utterance_frames\x18\x02 \x01(\x05\x12\x10\n\x08\x61udio_ms\x18\x03 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x02\x12\x15\n\rmodel_load_ms\x18\x05 \x01(\x02\x12\x0e\n\x06gpu_id\x18\x06 \x01(\x05\x12\x12\n\nsession_id\x18\x07 \x01(\t\")\n\x15\x44\x65scribeAvatarRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"b\n\x16\x44\x65scribeAvatarResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_count\x18\x02 \x01(\x05\x12\x11\n\tcrop_size\x18\x03 \x01(\x05\x12\x0e\n\x06gpu_id\x18\x04 \x01(\x05\"\xa1\x01\n\nModelStats\x12\x13\n\x0busage_count\x18\x01 \x01(\x03\x12\x19\n\x11last_used_unix_ms\x18\x02 \x01(\x03\x12\x1f\n\x17total_inference_time_ms\x18\x03 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x16\n\x0eloaded_unix_ms\x18\x05 \x01(\x03\x12\x14\n\x0c\x61\x63tive_users\x18\x06 \x01(\x05\"w\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x12\n\nmodel_path\x18\x03 \x01(\t\x12\x0e\n\x06gpu_id\x18\x04 \x01(\x05\x12$\n\x05stats\x18\x05 \x01(\x0b\x32\x15.inference.ModelStats\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.inference.ModelInfo\":\n\x10LoadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66orce_reload\x18\x02 \x01(\x08\"N\n\x11LoadModelResponse\x12\x14\n\x0cload_time_ms\x18\x01 \x01(\x02\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.inference.ModelInfo\"&\n\x12UnloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\'\n\x13UnloadModelResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\"(\n\x14GetModelStatsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\xb6\x01\n\x15GetModelStatsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.inference.ModelInfo\x12\x12\n\nmax_models\x18\x02 \x01(\x05\x12\x15\n\rloaded_models\x18\x03 \x01(\x05\x12\x1a\n\x12total_memory_bytes\x18\x04 \x01(\x03\x12\x18\n\x10max_memory_bytes\x18\x05 \x01(\x03\x12\x16\n\x0e\x61\x63tive_streams\x18\x06 \x01(\x05*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\r\n\tPCM_S16LE\x10\x01\x12\r\n\tPCM_F32LE\x10\x02\x32\xc6\x04\n\x10InferenceService\x12Q\n\x0cRenderMouths\x12\x1e.inference.RenderMouthsRequest\x1a\x1f.inference.RenderMouthsResponse0\x01\x12S\n\x0cStreamMouths\x12\x1e.inference.StreamMouthsRequest\x1a\x1f.inference.RenderMouthsResponse(\x01\x30\x01\x12U\n\x0e\x44\x65scribeAvatar\x12 .inference.DescribeAvatarRequest\x1a!.inference.DescribeAvatarResponse\x12I\n\nListModels\x12\x1c.inference.ListModelsRequest\x1a\x1d.inference.ListModelsResponse\x12\x46\n\tLoadModel\x12\x1b.inference.LoadModelRequest\x1a\x1c.inference.LoadModelResponse\x12L\n\x0bUnloadModel\x12\x1d.inference.UnloadModelRequest\x1a\x1e.inference.UnloadModelResponse\x12R\n\rGetModelStats\x12\x1f.inference.GetModelStatsRequest\x1a .inference.GetModelStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lipsync.protos.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=677
-  _globals['_AUDIOENCODING']._serialized_end=754
+  _globals['_AUDIOENCODING']._serialized_start=2009
+  _globals['_AUDIOENCODING']._serialized_end=2086
   _globals['_RENDERMOUTHSREQUEST']._serialized_start=46
-  _globals['_RENDERMOUTHSREQUEST']._serialized_end=289
-  _globals['_MOUTHCROP']._serialized_start=291
-  _globals['_MOUTHCROP']._serialized_end=365
-  _globals['_RENDERMOUTHSRESPONSE']._serialized_start=368
-  _globals['_RENDERMOUTHSRESPONSE']._serialized_end=532
-  _globals['_DESCRIBEAVATARREQUEST']._serialized_start=534
-  _globals['_DESCRIBEAVATARREQUEST']._serialized_end=575
-  _globals['_DESCRIBEAVATARRESPONSE']._serialized_start=577
-  _globals['_DESCRIBEAVATARRESPONSE']._serialized_end=675
-  _globals['_INFERENCESERVICE']._serialized_start=757
-  _globals['_INFERENCESERVICE']._serialized_end=945
+  _globals['_RENDERMOUTHSREQUEST']._serialized_end=334
+  _globals['_STREAMSTART']._serialized_start=337
+  _globals['_STREAMSTART']._serialized_end=551
+  _globals['_STREAMAUDIO']._serialized_start=553
+  _globals['_STREAMAUDIO']._serialized_end=580
+  _globals['_STREAMINTERRUPT']._serialized_start=582
+  _globals['_STREAMINTERRUPT']._serialized_end=599
+  _globals['_STREAMMOUTHSREQUEST']._serialized_start=602
+  _globals['_STREAMMOUTHSREQUEST']._serialized_end=765
+  _globals['_MOUTHCROP']._serialized_start=767
+  _globals['_MOUTHCROP']._serialized_end=863
+  _globals['_RENDERMOUTHSRESPONSE']._serialized_start=866
+  _globals['_RENDERMOUTHSRESPONSE']._serialized_end=1050
+  _globals['_DESCRIBEAVATARREQUEST']._serialized_start=1052
+  _globals['_DESCRIBEAVATARREQUEST']._serialized_end=1093
+  _globals['_DESCRIBEAVATARRESPONSE']._serialized_start=1095
+  _globals['_DESCRIBEAVATARRESPONSE']._serialized_end=1193
+  _globals['_MODELSTATS']._serialized_start=1196
+  _globals['_MODELSTATS']._serialized_end=1357
+  _globals['_MODELINFO']._serialized_start=1359
+  _globals['_MODELINFO']._serialized_end=1478
+  _globals['_LISTMODELSREQUEST']._serialized_start=1480
+  _globals['_LISTMODELSREQUEST']._serialized_end=1499
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1501
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1559
+  _globals['_LOADMODELREQUEST']._serialized_start=1561
+  _globals['_LOADMODELREQUEST']._serialized_end=1619
+  _globals['_LOADMODELRESPONSE']._serialized_start=1621
+  _globals['_LOADMODELRESPONSE']._serialized_end=1699
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1701
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1739
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1741
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1780
+  _globals['_GETMODELSTATSREQUEST']._serialized_start=1782
+  _globals['_GETMODELSTATSREQUEST']._serialized_end=1822
+  _globals['_GETMODELSTATSRESPONSE']._serialized_start=1825
+  _globals['_GETMODELSTATSRESPONSE']._serialized_end=2007
+  _globals['_INFERENCESERVICE']._serialized_start=2089
+  _globals['_INFERENCESERVICE']._serialized_end=2671
 # @@protoc_insertion_point(module_scope)

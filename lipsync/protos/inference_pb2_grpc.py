@@ -39,10 +39,35 @@ class InferenceServiceStub:
                 request_serializer=lipsync_dot_protos_dot_inference__pb2.RenderMouthsRequest.SerializeToString,
                 response_deserializer=lipsync_dot_protos_dot_inference__pb2.RenderMouthsResponse.FromString,
                 _registered_method=True)
+        self.StreamMouths = channel.stream_stream(
+                '/inference.InferenceService/StreamMouths',
+                request_serializer=lipsync_dot_protos_dot_inference__pb2.StreamMouthsRequest.SerializeToString,
+                response_deserializer=lipsync_dot_protos_dot_inference__pb2.RenderMouthsResponse.FromString,
+                _registered_method=True)
         self.DescribeAvatar = channel.unary_unary(
                 '/inference.InferenceService/DescribeAvatar',
                 request_serializer=lipsync_dot_protos_dot_inference__pb2.DescribeAvatarRequest.SerializeToString,
                 response_deserializer=lipsync_dot_protos_dot_inference__pb2.DescribeAvatarResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/inference.InferenceService/ListModels',
+                request_serializer=lipsync_dot_protos_dot_inference__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=lipsync_dot_protos_dot_inference__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/inference.InferenceService/LoadModel',
+                request_serializer=lipsync_dot_protos_dot_inference__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=lipsync_dot_protos_dot_inference__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/inference.InferenceService/UnloadModel',
+                request_serializer=lipsync_dot_protos_dot_inference__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=lipsync_dot_protos_dot_inference__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
+        self.GetModelStats = channel.unary_unary(
+                '/inference.InferenceService/GetModelStats',
+                request_serializer=lipsync_dot_protos_dot_inference__pb2.GetModelStatsRequest.SerializeToString,
+                response_deserializer=lipsync_dot_protos_dot_inference__pb2.GetModelStatsResponse.FromString,
                 _registered_method=True)
 
 
@@ -57,9 +82,42 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamMouths(self, request_iterator, context):
+        """Render mouth crops for audio as it arrives, over one call per session: `start` first, then
+        `audio` chunks and `interrupt`s; half-closing ends the utterance. The session keeps the
+        audio state (STFT overlap, mel rows, features), so each sample is processed once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DescribeAvatar(self, request, context):
         """Describe a loaded avatar (loading it if needed).
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -72,10 +130,35 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     request_deserializer=lipsync_dot_protos_dot_inference__pb2.RenderMouthsRequest.FromString,
                     response_serializer=lipsync_dot_protos_dot_inference__pb2.RenderMouthsResponse.SerializeToString,
             ),
+            'StreamMouths': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamMouths,
+                    request_deserializer=lipsync_dot_protos_dot_inference__pb2.StreamMouthsRequest.FromString,
+                    response_serializer=lipsync_dot_protos_dot_inference__pb2.RenderMouthsResponse.SerializeToString,
+            ),
             'DescribeAvatar': grpc.unary_unary_rpc_method_handler(
                     servicer.DescribeAvatar,
                     request_deserializer=lipsync_dot_protos_dot_inference__pb2.DescribeAvatarRequest.FromString,
                     response_serializer=lipsync_dot_protos_dot_inference__pb2.DescribeAvatarResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=lipsync_dot_protos_dot_inference__pb2.ListModelsRequest.FromString,
+                    response_serializer=lipsync_dot_protos_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=lipsync_dot_protos_dot_inference__pb2.LoadModelRequest.FromString,
+                    response_serializer=lipsync_dot_protos_dot_inference__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=lipsync_dot_protos_dot_inference__pb2.UnloadModelRequest.FromString,
+                    response_serializer=lipsync_dot_protos_dot_inference__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'GetModelStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelStats,
+                    request_deserializer=lipsync_dot_protos_dot_inference__pb2.GetModelStatsRequest.FromString,
+                    response_serializer=lipsync_dot_protos_dot_inference__pb2.GetModelStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -116,6 +199,33 @@ class InferenceService:
             _registered_method=True)
 
     @staticmethod
+    def StreamMouths(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/inference.InferenceService/StreamMouths',
+            lipsync_dot_protos_dot_inference__pb2.StreamMouthsRequest.SerializeToString,
+            lipsync_dot_protos_dot_inference__pb2.RenderMouthsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DescribeAvatar(request,
             target,
             options=(),
@@ -132,6 +242,114 @@ class InferenceService:
             '/inference.InferenceService/DescribeAvatar',
             lipsync_dot_protos_dot_inference__pb2.DescribeAvatarRequest.SerializeToString,
             lipsync_dot_protos_dot_inference__pb2.DescribeAvatarResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.InferenceService/ListModels',
+            lipsync_dot_protos_dot_inference__pb2.ListModelsRequest.SerializeToString,
+            lipsync_dot_protos_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.InferenceService/LoadModel',
+            lipsync_dot_protos_dot_inference__pb2.LoadModelRequest.SerializeToString,
+            lipsync_dot_protos_dot_inference__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.InferenceService/UnloadModel',
+            lipsync_dot_protos_dot_inference__pb2.UnloadModelRequest.SerializeToString,
+            lipsync_dot_protos_dot_inference__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.InferenceService/GetModelStats',
+            lipsync_dot_protos_dot_inference__pb2.GetModelStatsRequest.SerializeToString,
+            lipsync_dot_protos_dot_inference__pb2.GetModelStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
