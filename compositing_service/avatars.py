@@ -9,9 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from lipsync.avatar.backgrounds import iter_backgrounds
+from lipsync.avatar.backgrounds import iter_backgrounds, numbered_images
 from lipsync.avatar.geometry import crop_face, load_crop_rects
 from lipsync.avatar.spec import (
     CROP_SIZE,
@@ -33,19 +34,35 @@ class CompositingAvatar:
 
     spec: AvatarSpec
     folder: Path
-    backgrounds: np.ndarray  # uint8 [N, H, W, 3] BGR
     boxes: np.ndarray  # int32 [N, 4] x1, y1, x2, y2 (exclusive)
     crops: np.ndarray  # uint8 [N, 328, 328, 3] BGR: each face box resized to 328x328
     loaded_unix_ms: int
     load_ms: float
+    decoded: np.ndarray | None = None  # uint8 [N, H, W, 3] BGR, storage "decoded"
+    encoded: list[bytes] | None = None  # one lossless image file per frame, storage "encoded"
+
+    def background(self, index: int) -> np.ndarray:
+        """Return background frame index as uint8 [H, W, 3] BGR (read-only for decoded storage)."""
+        if self.decoded is not None:
+            return self.decoded[index]
+        return cv2.imdecode(np.frombuffer(self.encoded[index], np.uint8), cv2.IMREAD_COLOR)
 
     @property
     def memory_bytes(self) -> int:
-        return int(self.backgrounds.nbytes + self.crops.nbytes + self.boxes.nbytes)
+        backgrounds = (
+            self.decoded.nbytes if self.decoded is not None else sum(map(len, self.encoded))
+        )
+        return int(backgrounds + self.crops.nbytes + self.boxes.nbytes)
 
 
-def load_compositing_avatar(avatars_dir: Path, avatar_id: str) -> CompositingAvatar:
-    """Decode an avatar package's backgrounds and precompute its working crops."""
+def load_compositing_avatar(
+    avatars_dir: Path, avatar_id: str, storage: str = "decoded"
+) -> CompositingAvatar:
+    """Decode an avatar package's backgrounds and precompute its working crops.
+
+    With storage "encoded" the backgrounds are kept as the package's image files (or, for a
+    video source, as PNG re-encodes) and decoded for each output frame.
+    """
     started = time.perf_counter()
     folder = resolve_avatar_dir(avatars_dir, avatar_id)
     spec = load_spec(folder)
@@ -55,18 +72,34 @@ def load_compositing_avatar(avatars_dir: Path, avatar_id: str) -> CompositingAva
         width=spec.width,
         height=spec.height,
     )
+    source = spec.path(folder, spec.backgrounds)
+    files = numbered_images(source) if source.is_dir() else None
 
-    backgrounds = np.empty((spec.frame_count, spec.height, spec.width, 3), dtype=np.uint8)
+    decoded = None
+    encoded: list[bytes] | None = None
+    if storage == "decoded":
+        decoded = np.empty((spec.frame_count, spec.height, spec.width, 3), dtype=np.uint8)
+    else:
+        encoded = []
     crops = np.empty((spec.frame_count, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
+    interpolation = INTERPOLATIONS[spec.face_interpolation]
     count = 0
-    for i, frame in enumerate(iter_backgrounds(spec.path(folder, spec.backgrounds))):
-        if i >= spec.frame_count or frame.shape != backgrounds.shape[1:]:
+    for i, frame in enumerate(iter_backgrounds(source)):
+        if i >= spec.frame_count or frame.shape != (spec.height, spec.width, 3):
             raise FailedPrecondition(
                 f"avatar {avatar_id!r}: background frame {i} does not match avatar.yaml "
                 f"({spec.frame_count} frames of {spec.width}x{spec.height})"
             )
-        backgrounds[i] = frame
-        crops[i] = crop_face(frame, boxes[i], INTERPOLATIONS[spec.face_interpolation])
+        if decoded is not None:
+            decoded[i] = frame
+        elif files is not None and files[i].suffix.lower() == ".png":
+            encoded.append(files[i].read_bytes())
+        else:
+            # JPEG files and video frames are kept as lossless PNG so every decode is exact.
+            encoded.append(
+                cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
+            )
+        crops[i] = crop_face(frame, boxes[i], interpolation)
         count = i + 1
     if count != spec.frame_count:
         raise FailedPrecondition(
@@ -78,18 +111,20 @@ def load_compositing_avatar(avatars_dir: Path, avatar_id: str) -> CompositingAva
     avatar = CompositingAvatar(
         spec=spec,
         folder=folder,
-        backgrounds=backgrounds,
         boxes=boxes,
         crops=crops,
         loaded_unix_ms=int(time.time() * 1000),
         load_ms=load_ms,
+        decoded=decoded,
+        encoded=encoded,
     )
     logger.info(
-        "loaded avatar %s: %d backgrounds of %dx%d, %.0f MB, %.0f ms",
+        "loaded avatar %s: %d backgrounds of %dx%d stored %s, %.0f MB, %.0f ms",
         avatar_id,
         spec.frame_count,
         spec.width,
         spec.height,
+        storage,
         avatar.memory_bytes / 1e6,
         load_ms,
     )
@@ -106,10 +141,11 @@ class CompositingAvatars:
         max_models: int = 0,
         max_memory_bytes: int = 0,
         policy: str = "lru",
+        storage: str = "decoded",
     ) -> None:
         self.avatars_dir = avatars_dir
         self.registry: ModelRegistry[CompositingAvatar] = ModelRegistry(
-            lambda avatar_id: load_compositing_avatar(avatars_dir, avatar_id),
+            lambda avatar_id: load_compositing_avatar(avatars_dir, avatar_id, storage),
             max_models=max_models,
             max_memory_bytes=max_memory_bytes,
             policy=policy,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,7 +72,15 @@ class Mouths:
 
 
 class InferenceBackend(Protocol):
+    """What the compositing tier needs from the inference tier, over gRPC or in-process."""
+
     def render_mouths(self, request: inference_pb2.RenderMouthsRequest) -> Iterator[Mouths]: ...
+
+    def load_model(self, model_id: str, force_reload: bool) -> inference_pb2.LoadModelResponse: ...
+
+    def unload_model(self, model_id: str) -> bool: ...
+
+    def model_stats(self, model_id: str) -> inference_pb2.GetModelStatsResponse: ...
 
     def healthy(self) -> bool: ...
 
@@ -151,6 +159,28 @@ class GrpcInferenceBackend:
             raise self._error(exc) from None
         finally:
             call.cancel()
+
+    def _unary(self, method: Callable, request: object) -> object:
+        try:
+            return method(
+                request,
+                timeout=self.timeout_s,
+                metadata=((REQUEST_ID_KEY, request_id_var.get()),),
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def load_model(self, model_id: str, force_reload: bool) -> inference_pb2.LoadModelResponse:
+        request = inference_pb2.LoadModelRequest(model_id=model_id, force_reload=force_reload)
+        return self._unary(self.stub.LoadModel, request)
+
+    def unload_model(self, model_id: str) -> bool:
+        request = inference_pb2.UnloadModelRequest(model_id=model_id)
+        return self._unary(self.stub.UnloadModel, request).unloaded
+
+    def model_stats(self, model_id: str) -> inference_pb2.GetModelStatsResponse:
+        request = inference_pb2.GetModelStatsRequest(model_id=model_id)
+        return self._unary(self.stub.GetModelStats, request)
 
     def healthy(self, timeout_s: float = 1.0) -> bool:
         """Return whether the inference tier reports SERVING."""

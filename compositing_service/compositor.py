@@ -75,7 +75,7 @@ class Compositor:
         jpeg_quality: int,
     ) -> bytes:
         frame = composite_frame(
-            avatar.backgrounds[background_index],
+            avatar.background(background_index),
             avatar.crops[background_index],
             avatar.boxes[background_index],
             mouth,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
-from lipsync.settings import LogConfig, MiB, ServerConfig, StrictModel
+from lipsync.settings import CapacityConfig, LogConfig, MiB, ServerConfig, StrictModel
 
 
 class InferenceClientConfig(StrictModel):
@@ -48,6 +49,18 @@ class StreamsConfig(StrictModel):
     )
 
 
+class BackgroundsConfig(StrictModel):
+    """How the compositing tier holds each avatar's background frames in memory."""
+
+    storage: Literal["decoded", "encoded"] = Field(
+        "decoded",
+        description=(
+            "decoded: BGR arrays, fastest per frame; encoded: the package's image files in "
+            "memory, decoded for each output frame"
+        ),
+    )
+
+
 class CompositingConfig(StrictModel):
     server: ServerConfig = ServerConfig(port=50052)
     avatars_dir: Path
@@ -56,5 +69,7 @@ class CompositingConfig(StrictModel):
     compositor: CompositorConfig = CompositorConfig()
     limits: LimitsConfig = LimitsConfig()
     streams: StreamsConfig = StreamsConfig()
+    capacity: CapacityConfig = CapacityConfig()
+    backgrounds: BackgroundsConfig = BackgroundsConfig()
     preload: list[str] = Field(default_factory=list, description="avatar ids loaded at start")
     log: LogConfig = LogConfig()

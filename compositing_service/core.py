@@ -31,6 +31,8 @@ class RenderJob:
     first_frame: int = 0
     frame_count: int = 0  # 0: to the end of the utterance
     pad_to_frames: int = 0
+    face_inputs: bytes = b""  # legacy visual_frames, forwarded to the inference tier
+    audio_features: bytes = b""  # legacy audio tensor, forwarded to the inference tier
 
 
 @dataclass
@@ -109,6 +111,8 @@ class CompositingCore:
             first_frame=job.first_frame,
             frame_count=job.frame_count,
             pad_to_frames=job.pad_to_frames,
+            face_inputs=job.face_inputs,
+            audio_features=job.audio_features,
         )
         first = True
         for mouths in self.backend.render_mouths(query):

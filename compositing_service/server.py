@@ -13,17 +13,20 @@ from compositing_service.backend import GrpcInferenceBackend, InferenceBackend
 from compositing_service.compositor import JPEG, PNG, Compositor
 from compositing_service.config import CompositingConfig
 from compositing_service.core import CompositingCore, RenderJob
+from compositing_service.management import ManagementHandlers
 from compositing_service.stream_server import StreamRenderHandler
 from lipsync import __version__
 from lipsync.errors import InvalidArgument
 from lipsync.logs import avatar_id_var
 from lipsync.protos import compositing_pb2, compositing_pb2_grpc
+from lipsync.registry import IdleUnloader
 from lipsync.serving import GrpcService
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "compositing.CompositingService"
 FRAME_MS = 40
+LEGACY_FACE_INPUT_BYTES = 6 * 320 * 320 * 4
 
 _OUTPUT_FORMATS = {
     compositing_pb2.OUTPUT_FORMAT_UNSPECIFIED: JPEG,
@@ -62,14 +65,16 @@ def job_from_batch_request(
             f"batch_size {request.batch_size} is out of range: use 1-{max_batch} "
             "(limits.max_batch_size)"
         )
-    if request.visual_frames:
+    face_bytes = request.batch_size * LEGACY_FACE_INPUT_BYTES
+    if request.visual_frames and len(request.visual_frames) != face_bytes:
         raise InvalidArgument(
-            "visual_frames is not supported by this server: leave it empty and the avatar's "
-            "stored face inputs are used"
+            f"visual_frames has {len(request.visual_frames)} bytes; batch_size "
+            f"{request.batch_size} frames of 6x320x320 float32 need {face_bytes} bytes"
         )
-    if request.audio_features:
+    if request.audio_features and len(request.audio_features) % 4:
         raise InvalidArgument(
-            "audio_features is not supported by this server: send raw_audio instead"
+            f"audio_features has {len(request.audio_features)} bytes, not a whole number of "
+            "float32 values; send one 32x16x16 float32 tensor (32768 bytes)"
         )
     # The batch is the first batch_size frames of the utterance; shorter audio is padded with
     # trailing silence so exactly batch_size frames come back.
@@ -84,10 +89,14 @@ def job_from_batch_request(
         jpeg_quality=request.jpeg_quality,
         frame_count=request.batch_size,
         pad_to_frames=request.batch_size,
+        face_inputs=request.visual_frames,
+        audio_features=request.audio_features,
     )
 
 
-class CompositingServicer(StreamRenderHandler, compositing_pb2_grpc.CompositingServiceServicer):
+class CompositingServicer(
+    StreamRenderHandler, ManagementHandlers, compositing_pb2_grpc.CompositingServiceServicer
+):
     """Thin gRPC handlers over CompositingCore."""
 
     def __init__(self, core: CompositingCore, config: CompositingConfig) -> None:
@@ -149,6 +158,7 @@ class CompositingServicer(StreamRenderHandler, compositing_pb2_grpc.CompositingS
             healthy=True,
             inference_server_healthy=self.core.backend.healthy(),
             loaded_models=loaded,
+            max_models=self.core.avatars.registry.max_models,
             version=__version__,
             inference_server_url=self.config.inference.address,
         )
@@ -173,7 +183,13 @@ def create_service(
         backend = grpc_backend
 
     core = CompositingCore(
-        avatars=CompositingAvatars(config.avatars_dir),
+        avatars=CompositingAvatars(
+            config.avatars_dir,
+            max_models=config.capacity.max_models,
+            max_memory_bytes=config.capacity.max_memory_bytes,
+            policy=config.capacity.policy,
+            storage=config.backgrounds.storage,
+        ),
         backend=backend,
         compositor=Compositor(config.compositor.workers),
         default_jpeg_quality=config.output.jpeg_quality,
@@ -194,6 +210,10 @@ def create_service(
         CompositingServicer(core, config), service.server
     )
     service.start()
+    if config.capacity.idle_unload_s > 0:
+        unloader = IdleUnloader(core.avatars.registry, config.capacity.idle_unload_s).start()
+        service.on_stop(unloader.stop)
+    service.on_stop(core.compositor.close)
     service.mark_serving()
     return service, core
 
@@ -213,5 +233,4 @@ def serve(config: CompositingConfig) -> None:
     try:
         service.serve_until_signal()
     finally:
-        core.compositor.close()
         core.backend.close()

@@ -66,7 +66,7 @@ class AvatarRegistry:
     def __init__(
         self,
         avatars_dir: Path,
-        create_unet: Callable[[Path], tuple[UNet, int]],
+        create_unet: Callable[[str, Path], tuple[UNet, int]],
         *,
         max_models: int = 0,
         max_memory_bytes: int = 0,
@@ -107,14 +107,15 @@ class AvatarRegistry:
             )
         faces = load_face_inputs(spec.path(folder, spec.face_inputs), spec)
         rss_before = rss_bytes()
-        unet, gpu_id = self._create_unet(spec.path(folder, spec.unet))
+        unet, gpu_id = self._create_unet(avatar_id, spec.path(folder, spec.unet))
         session_bytes = max(rss_bytes() - rss_before, spec.path(folder, spec.unet).stat().st_size)
         load_ms = (time.perf_counter() - started) * 1000
         logger.info(
-            "loaded avatar %s: %d frames, UNet audio input %s, %.0f ms",
+            "loaded avatar %s: %d frames, UNet audio input %s, device %s, %.0f ms",
             avatar_id,
             spec.frame_count,
             list(unet.audio_shape),
+            "cpu" if gpu_id < 0 else f"gpu {gpu_id}",
             load_ms,
         )
         return InferenceAvatar(

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lipsync.settings import LogConfig, ServerConfig, StrictModel
+from lipsync.settings import CapacityConfig, LogConfig, ServerConfig, StrictModel
 
 
 class ModelsConfig(StrictModel):
@@ -41,10 +41,26 @@ class StreamsConfig(StrictModel):
     )
 
 
+class GpusConfig(StrictModel):
+    """Placement of avatars on several GPUs."""
+
+    count: int = Field(
+        0, ge=0, le=64, description="GPUs to spread avatars over; 0: only models.gpu_id"
+    )
+    policy: Literal["round-robin", "least-loaded"] = Field(
+        "round-robin", description="how a new avatar's GPU is chosen"
+    )
+    preferred: dict[str, int] = Field(
+        default_factory=dict, description="avatar id -> GPU, overriding the policy"
+    )
+
+
 class InferenceConfig(StrictModel):
     server: ServerConfig = ServerConfig(port=50051)
     avatars_dir: Path
     models: ModelsConfig
     limits: LimitsConfig = LimitsConfig()
     streams: StreamsConfig = StreamsConfig()
+    capacity: CapacityConfig = CapacityConfig()
+    gpus: GpusConfig = GpusConfig()
     log: LogConfig = LogConfig()

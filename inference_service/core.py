@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from inference_service.audio import AudioEncoding, decode_pcm, pad_to_frames
 from inference_service.avatars import AvatarRegistry, InferenceAvatar
 from inference_service.features import audio_context, mel_windows, pad_features
+from inference_service.legacy_inputs import parse_audio_tensor, parse_face_inputs
 from inference_service.mel import melspectrogram
 from inference_service.models import AudioEncoder
 from lipsync.avatar.spec import FACE_SIZE, background_index
@@ -43,6 +44,8 @@ class MouthRequest:
     first_frame: int = 0
     frame_count: int = 0  # 0: to the end of the utterance
     pad_to_frames: int = 0
+    face_inputs: bytes = b""  # legacy: float32 [frame_count, 6, 320, 320] from the client
+    audio_features: bytes = b""  # legacy: one float32 audio tensor used for every frame
 
 
 @dataclass
@@ -141,10 +144,29 @@ class InferenceCore:
             )
         with self.avatars.acquire(request.avatar_id) as (avatar, load_ms):
             started = time.perf_counter()
-            padded = self.audio_features(request, avatar.spec.mel_pad_mode)
+            if request.audio_features:
+                # The legacy tensor replaces the audio pipeline; the batch size sets the length.
+                if request.frame_count <= 0:
+                    raise InvalidArgument(
+                        "audio_features needs frame_count (batch_size) of 1 or more"
+                    )
+                tensor = parse_audio_tensor(request.audio_features, avatar.unet.audio_shape)
+                total = request.frame_count
+
+                def audio_for(indices: np.ndarray) -> np.ndarray:
+                    return np.ascontiguousarray(
+                        np.broadcast_to(tensor, (len(indices), *tensor.shape))
+                    )
+
+            else:
+                padded = self.audio_features(request, avatar.spec.mel_pad_mode)
+                total = len(padded)
+
+                def audio_for(indices: np.ndarray) -> np.ndarray:
+                    return audio_context(padded, indices, shape=avatar.unet.audio_shape)
+
             audio_ms = (time.perf_counter() - started) * 1000
 
-            total = len(padded)
             first = request.first_frame
             count = request.frame_count or max(total - first, 0)
             if first >= total or first + count > total:
@@ -152,18 +174,24 @@ class InferenceCore:
                     f"frames [{first}, {first + count}) requested but the utterance has {total} "
                     f"frames (frame indices 0-{total - 1})"
                 )
+            faces = parse_face_inputs(request.face_inputs, count) if request.face_inputs else None
 
             frames = np.arange(first, first + count)
-            for batch in self._render_frames(avatar, padded, frames, request, audio_ms, load_ms):
+            batches = self._render_frames(
+                avatar, frames, audio_for, faces, request.start_frame, total, audio_ms, load_ms
+            )
+            for batch in batches:
                 self.avatars.registry.record_inference(request.avatar_id, batch.inference_ms)
                 yield batch
 
     def _render_frames(
         self,
         avatar: InferenceAvatar,
-        padded: np.ndarray,
         frames: np.ndarray,
-        request: MouthRequest,
+        audio_for: Callable[[np.ndarray], np.ndarray],
+        faces: np.ndarray | None,
+        start_frame: int,
+        total: int,
         audio_ms: float,
         load_ms: float,
     ) -> Iterator[MouthBatch]:
@@ -173,18 +201,22 @@ class InferenceCore:
             started = time.perf_counter()
             indices = frames[offset : offset + self.batch_size]
             backgrounds = np.array(
-                [background_index(request.start_frame + int(i), spec.frame_count) for i in indices]
+                [background_index(start_frame + int(i), spec.frame_count) for i in indices]
             )
-            face = build_face_batch(
-                avatar.face_inputs[backgrounds], spec.channel_order, face_buffer[: len(indices)]
+            if faces is None:
+                face = build_face_batch(
+                    avatar.face_inputs[backgrounds], spec.channel_order, face_buffer[: len(indices)]
+                )
+            else:
+                face = np.ascontiguousarray(faces[offset : offset + len(indices)])
+            crops = mouths_from_output(
+                avatar.unet.run(face, audio_for(indices)), spec.channel_order
             )
-            audio = audio_context(padded, indices, shape=avatar.unet.audio_shape)
-            crops = mouths_from_output(avatar.unet.run(face, audio), spec.channel_order)
             yield MouthBatch(
                 frame_indices=indices,
                 background_indices=backgrounds,
                 crops=crops,
-                utterance_frames=len(padded),
+                utterance_frames=total,
                 audio_ms=audio_ms if offset == 0 else 0.0,
                 inference_ms=(time.perf_counter() - started) * 1000,
                 model_load_ms=load_ms if offset == 0 else 0.0,

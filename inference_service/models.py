@@ -37,6 +37,13 @@ def select_providers(device: str, gpu_id: int) -> list:
     return [CPU]
 
 
+def providers_for_device(providers: list, gpu_id: int) -> list:
+    """Return the providers with the CUDA provider pointed at gpu_id (CPU lists unchanged)."""
+    if isinstance(providers[0], tuple) and providers[0][0] == CUDA:
+        return [(CUDA, {**providers[0][1], "device_id": gpu_id}), *providers[1:]]
+    return providers
+
+
 def describe_providers(providers: list) -> str:
     names = [p[0] if isinstance(p, tuple) else p for p in providers]
     if names[0] == CUDA:

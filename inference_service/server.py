@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 
@@ -11,17 +12,21 @@ from inference_service.audio import AudioEncoding
 from inference_service.avatars import AvatarRegistry
 from inference_service.config import InferenceConfig
 from inference_service.core import InferenceCore, MouthBatch, MouthRequest
+from inference_service.management import ManagementHandlers
 from inference_service.models import (
     AudioEncoder,
     UNet,
     create_session,
     describe_providers,
+    providers_for_device,
     select_providers,
 )
+from inference_service.placement import GpuPlacement
 from inference_service.stream_server import StreamMouthsHandler
 from lipsync.errors import InvalidArgument
 from lipsync.logs import avatar_id_var
 from lipsync.protos import inference_pb2, inference_pb2_grpc
+from lipsync.registry import IdleUnloader
 from lipsync.serving import GrpcService
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,8 @@ def request_from_proto(request: inference_pb2.RenderMouthsRequest) -> MouthReque
         first_frame=request.first_frame,
         frame_count=request.frame_count,
         pad_to_frames=request.pad_to_frames,
+        face_inputs=request.face_inputs,
+        audio_features=request.audio_features,
     )
 
 
@@ -69,7 +76,9 @@ def batch_to_proto(batch: MouthBatch) -> inference_pb2.RenderMouthsResponse:
     )
 
 
-class InferenceServicer(StreamMouthsHandler, inference_pb2_grpc.InferenceServiceServicer):
+class InferenceServicer(
+    StreamMouthsHandler, ManagementHandlers, inference_pb2_grpc.InferenceServiceServicer
+):
     """Thin gRPC handlers over InferenceCore."""
 
     def __init__(self, core: InferenceCore) -> None:
@@ -99,23 +108,47 @@ def build_core(config: InferenceConfig) -> InferenceCore:
     """Create the ONNX Runtime sessions and the avatar registry from the config."""
     models = config.models
     providers = select_providers(models.device, models.gpu_id)
+    on_gpu = isinstance(providers[0], tuple)
     logger.info("ONNX Runtime execution provider: %s", describe_providers(providers))
-    gpu_id = models.gpu_id if isinstance(providers[0], tuple) else -1
+    if config.gpus.count and not on_gpu:
+        logger.warning(
+            "gpus.count is %d but the models run on the CPU provider: GPU ids are assigned and "
+            "reported for placement only",
+            config.gpus.count,
+        )
 
     encoder = AudioEncoder(
         create_session(models.audio_encoder, providers, intra_op_threads=models.intra_op_threads),
         batch_size=models.audio_encoder_batch_size,
     )
 
-    def create_unet(path):
-        session = create_session(path, providers, intra_op_threads=models.intra_op_threads)
+    def create_unet(avatar_id: str, path: Path) -> tuple[UNet, int]:
+        gpu = placement.choose(avatar_id)
+        session = create_session(
+            path, providers_for_device(providers, gpu), intra_op_threads=models.intra_op_threads
+        )
         unet = UNet(session, path)
         unet.check_features(encoder.feature_dim, path)
-        return unet, gpu_id
+        return unet, gpu
 
+    capacity = config.capacity
+    avatars = AvatarRegistry(
+        config.avatars_dir,
+        create_unet,
+        max_models=capacity.max_models,
+        max_memory_bytes=capacity.max_memory_bytes,
+        policy=capacity.policy,
+    )
+    placement = GpuPlacement(
+        count=config.gpus.count,
+        policy=config.gpus.policy,
+        preferred=config.gpus.preferred,
+        default_gpu=models.gpu_id if on_gpu else -1,
+        loaded_devices=lambda: [avatar.gpu_id for avatar in avatars.loaded()],
+    )
     return InferenceCore(
         audio_encoder=encoder,
-        avatars=AvatarRegistry(config.avatars_dir, create_unet),
+        avatars=avatars,
         batch_size=models.batch_size,
         max_audio_seconds=config.limits.max_audio_seconds,
     )
@@ -136,6 +169,9 @@ def create_service(config: InferenceConfig) -> tuple[GrpcService, InferenceCore]
         InferenceServicer(core), service.server
     )
     service.start()
+    if config.capacity.idle_unload_s > 0:
+        unloader = IdleUnloader(core.avatars.registry, config.capacity.idle_unload_s).start()
+        service.on_stop(unloader.stop)
     for avatar_id in config.models.preload:
         core.warm_up(avatar_id)
     service.mark_serving()

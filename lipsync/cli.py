@@ -17,6 +17,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.tier == "inference":
         from inference_service.config import InferenceConfig as Config
         from inference_service.server import serve
+    elif args.tier == "monolithic":
+        from lipsync.monolithic import MonolithicConfig as Config
+        from lipsync.monolithic import serve
     else:
         from compositing_service.config import CompositingConfig as Config
         from compositing_service.server import serve
@@ -103,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipsync", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the inference or the compositing service")
-    serve.add_argument("tier", choices=["inference", "compositing"])
+    serve = commands.add_parser(
+        "serve", help="run the inference, the compositing or the monolithic service"
+    )
+    serve.add_argument("tier", choices=["inference", "compositing", "monolithic"])
     serve.add_argument("--config", type=Path, required=True, help="YAML config file")
     serve.set_defaults(handler=_serve)
 

@@ -192,3 +192,27 @@ class ModelRegistry(Generic[T]):
     def total_memory_bytes(self) -> int:
         with self._lock:
             return sum(e.item.memory_bytes for e in self._entries.values())
+
+
+class IdleUnloader:
+    """Background thread that unloads registry entries unused for idle_s seconds."""
+
+    def __init__(self, registry: ModelRegistry, idle_s: float) -> None:
+        self.registry = registry
+        self.idle_s = idle_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="idle-unload", daemon=True)
+
+    def start(self) -> IdleUnloader:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        interval = min(max(self.idle_s / 4, 0.05), 5.0)
+        while not self._stop.wait(interval):
+            self.registry.unload_idle(self.idle_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 
 import grpc
@@ -55,6 +55,11 @@ class GrpcService:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = 0
         self._stopped = threading.Event()
+        self._on_stop: list[Callable[[], None]] = []
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Run callback after the server has stopped (release threads, pools, channels)."""
+        self._on_stop.append(callback)
 
     def _set_health(self, status: int) -> None:
         for service in ["", *self.service_names]:
@@ -83,6 +88,8 @@ class GrpcService:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         logger.info("%s stopping: waiting up to %.1f s for in-flight calls", self.name, grace)
         self.server.stop(grace).wait()
+        for callback in self._on_stop:
+            callback()
         logger.info("%s stopped", self.name)
 
     def serve_until_signal(self) -> None:

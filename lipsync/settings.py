@@ -44,6 +44,21 @@ class LogConfig(StrictModel):
     format: Literal["text", "json"] = "text"
 
 
+class CapacityConfig(StrictModel):
+    """How many avatars a tier keeps loaded, and how it chooses which to unload."""
+
+    max_models: int = Field(0, ge=0, le=100_000, description="loaded avatars at most; 0: no limit")
+    max_memory_bytes: int = Field(
+        0, ge=0, description="measured memory of the loaded avatars at most; 0: no limit"
+    )
+    policy: Literal["lru", "lfu"] = Field(
+        "lru", description="which idle avatar to evict: least recently or least frequently used"
+    )
+    idle_unload_s: float = Field(
+        0.0, ge=0, le=7 * 24 * 3600, description="unload an avatar unused this long; 0: never"
+    )
+
+
 class ConfigError(Exception):
     """A configuration file is missing, unreadable or invalid; the message names the key."""
 
@@ -58,9 +73,21 @@ ENV_OVERRIDES = {
 }
 
 
+def _has_path(model: type[BaseModel], keys: tuple[str, ...]) -> bool:
+    """Return whether a config model has the nested field keys (so an override applies)."""
+    for key in keys:
+        field = model.model_fields.get(key)
+        if field is None:
+            return False
+        model = field.annotation
+        if key != keys[-1] and not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+    return True
+
+
 def _apply_env(data: dict[str, Any], model: type[BaseModel], env: Mapping[str, str]) -> None:
     for name, keys in ENV_OVERRIDES.items():
-        if name not in env or keys[0] not in model.model_fields:
+        if name not in env or not _has_path(model, keys):
             continue
         target = data
         for key in keys[:-1]:

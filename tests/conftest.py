@@ -16,6 +16,7 @@ from lipsync.demo.run import (
     start_service,
     wait_serving,
     write_configs,
+    write_monolithic_config,
 )
 
 SERVICE_START_TIMEOUT_S = 120
@@ -76,3 +77,28 @@ def split_deployment(demo_data, tmp_path_factory) -> Iterator[SplitDeployment]:
             if service is not None:
                 code = service.stop()
                 print(f"--- {service.name} log (exit code {code}) ---\n{service.log_tail(60)}")
+
+
+@pytest.fixture(scope="session")
+def monolithic_deployment(demo_data, tmp_path_factory) -> Iterator[ServiceProcess]:
+    """`lipsync serve monolithic` started as a process on a loopback port, SERVING."""
+    run_dir = tmp_path_factory.mktemp("monolithic")
+    port = free_port()
+    config = write_monolithic_config(
+        run_dir, encoder=demo_data.audio_encoder, avatars_dir=demo_data.avatars_dir, port=port
+    )
+    service = start_service("monolithic", config, f"127.0.0.1:{port}", run_dir / "logs")
+    try:
+        wait_serving(service, SERVICE_START_TIMEOUT_S)
+        yield service
+    finally:
+        code = service.stop()
+        print(f"--- monolithic log (exit code {code}) ---\n{service.log_tail(60)}")
+
+
+@pytest.fixture(scope="module", params=["split", "monolithic"])
+def public_address(request) -> str:
+    """The public API's address in each deployment shape."""
+    if request.param == "split":
+        return request.getfixturevalue("split_deployment").compositing.address
+    return request.getfixturevalue("monolithic_deployment").address

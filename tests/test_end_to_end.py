@@ -1,4 +1,7 @@
-"""The main job through both tiers as real processes: a speech WAV becomes an MP4."""
+"""The main job in both deployment shapes as real processes: a speech WAV becomes an MP4.
+
+Every test runs against the split deployment (two processes over gRPC) and the monolithic one.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ def expected_frame_count(n_samples: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def client(split_deployment):
-    client = LipsyncClient(split_deployment.compositing.address)
+def client(public_address):
+    client = LipsyncClient(public_address)
     yield client
     client.close()
 
@@ -143,3 +146,24 @@ def test_short_audio_is_padded_to_batch_size(client, speech):
     response = client.stub.InferBatchComposite(request, timeout=60)
     assert len(response.composited_frames) == 24
     assert response.utterance_frames == 24
+
+
+def test_split_and_monolithic_frames_are_byte_identical(
+    split_deployment, monolithic_deployment, speech
+):
+    def render(address: str) -> list[bytes]:
+        client = LipsyncClient(address)
+        try:
+            return [
+                frame.image
+                for response in client.render_utterance("demo", speech, start_frame=5)
+                for frame in response.frames
+            ]
+        finally:
+            client.close()
+
+    split = render(split_deployment.compositing.address)
+    monolithic = render(monolithic_deployment.address)
+    assert len(split) == expected_frame_count(speech.frames)
+    assert len(split) == len(monolithic)
+    assert all(a == b for a, b in zip(split, monolithic, strict=True))

@@ -123,6 +123,22 @@ def write_configs(
     return paths
 
 
+def write_monolithic_config(folder: Path, *, encoder: Path, avatars_dir: Path, port: int) -> Path:
+    """Write a loopback config for the monolithic service with the demo avatar preloaded."""
+    config = {
+        "server": {"host": "127.0.0.1", "port": port, "grace_period_s": 5},
+        "avatars_dir": str(avatars_dir.resolve()),
+        "inference": {
+            "models": {"audio_encoder": str(encoder.resolve()), "preload": [DEMO_AVATAR_ID]}
+        },
+        "compositing": {"preload": [DEMO_AVATAR_ID]},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "monolithic.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def start_service(name: str, config: Path, address: str, log_dir: Path) -> ServiceProcess:
     """Start `lipsync serve NAME --config CONFIG` in a child process, logging to a file."""
     log_dir.mkdir(parents=True, exist_ok=True)
