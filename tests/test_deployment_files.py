@@ -9,6 +9,7 @@ import yaml
 
 from compositing_service.config import CompositingConfig
 from inference_service.config import InferenceConfig
+from lipsync.monolithic import MonolithicConfig
 from lipsync.settings import ConfigError, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +45,15 @@ def test_compose_tiers_share_the_avatar_volume(compose):
     assert "lipsync-data" in compose["volumes"]
 
 
-@pytest.mark.parametrize("name", ["inference", "compositing", "demo-data"])
+def test_compose_monolithic_profile_serves_port_50053(compose):
+    monolithic = compose["services"]["monolithic"]
+    assert monolithic["profiles"] == ["monolithic"]
+    assert "50053:50053" in monolithic["ports"]
+    assert "monolithic" in monolithic["command"]
+    assert monolithic["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+
+
+@pytest.mark.parametrize("name", ["inference", "compositing", "monolithic", "demo-data"])
 def test_compose_builds_from_existing_dockerfiles(compose, name):
     build = compose["services"][name]["build"]
     assert (REPO_ROOT / build["context"] / build["dockerfile"]).is_file()
@@ -62,6 +71,9 @@ def test_compositing_image_is_slim():
 
 
 def test_shipped_configs_validate():
+    monolithic = load_config(REPO_ROOT / "configs" / "monolithic.yaml", MonolithicConfig, env={})
+    assert monolithic.server.port == 50053
+    assert monolithic.inference_config().models.batch_size == 24
     inference = load_config(REPO_ROOT / "configs" / "inference.yaml", InferenceConfig, env={})
     compositing = load_config(REPO_ROOT / "configs" / "compositing.yaml", CompositingConfig, env={})
     assert inference.server.port == 50051
