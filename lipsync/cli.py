@@ -94,6 +94,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from lipsync.bench.command import run_bench
+
+    run_bench(
+        data_dir=args.data_dir,
+        model=args.model,
+        batch_size=args.batch_size,
+        iterations=args.iterations,
+        warmup=args.warmup,
+        throughput_s=args.throughput_seconds,
+        concurrency=args.concurrency,
+        json_path=args.json,
+    )
+    return 0
+
+
 def _health(args: argparse.Namespace) -> int:
     from lipsync.client import wait_for_serving
 
@@ -211,6 +227,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="only build the demo models and avatar, start nothing",
     )
     demo.set_defaults(handler=_demo)
+
+    bench = commands.add_parser(
+        "bench", help="benchmark the monolithic and the split deployment side by side"
+    )
+    bench.add_argument("--model", choices=["demo", "synctalk"], default="demo",
+                       help="demo: the small demo UNet; synctalk: a random-weight UNet of "
+                       "SyncTalk_2D's size (12.2 M parameters)")
+    bench.add_argument("--batch-size", type=int, default=24, help="frames per request")
+    bench.add_argument("--iterations", type=int, default=30,
+                       help="timed requests per shape (alternating)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed requests per shape")
+    bench.add_argument("--throughput-seconds", type=float, default=10.0,
+                       help="seconds of closed-loop load per shape; 0 skips it")
+    bench.add_argument("--concurrency", type=int, default=2,
+                       help="clients in the throughput phase")
+    bench.add_argument("--data-dir", type=Path, default=Path("data"),
+                       help="where the models and avatars are built (default: data)")
+    bench.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    bench.set_defaults(handler=_bench)
 
     health = commands.add_parser("health", help="check a service's grpc.health.v1 status")
     health.add_argument("address", help="host:port")

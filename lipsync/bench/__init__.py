@@ -1,0 +1,1 @@
+"""`lipsync bench`: both deployment shapes side by side on loopback, one run, one table."""
