@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from compositing_service.jpeg_splice import SplicedBackground
 from lipsync.avatar.backgrounds import iter_backgrounds, numbered_images
 from lipsync.avatar.geometry import crop_face, load_crop_rects
 from lipsync.avatar.spec import (
@@ -40,6 +42,19 @@ class CompositingAvatar:
     load_ms: float
     decoded: np.ndarray | None = None  # uint8 [N, H, W, 3] BGR, storage "decoded"
     encoded: list[bytes] | None = None  # one lossless image file per frame, storage "encoded"
+    spliced: dict[tuple[int, int], SplicedBackground] = field(default_factory=dict)
+    spliced_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def spliced_background(self, index: int, quality: int) -> SplicedBackground:
+        """Return the background's cached JPEG for splicing at quality, building it once."""
+        key = (index, quality)
+        spliced = self.spliced.get(key)
+        if spliced is None:
+            # Two threads may build the same entry at once; both results are identical.
+            spliced = SplicedBackground.build(self.decoded[index], quality)
+            with self.spliced_lock:
+                self.spliced.setdefault(key, spliced)
+        return spliced
 
     def background(self, index: int) -> np.ndarray:
         """Return background frame index as uint8 [H, W, 3] BGR (read-only for decoded storage)."""
@@ -52,7 +67,8 @@ class CompositingAvatar:
         backgrounds = (
             self.decoded.nbytes if self.decoded is not None else sum(map(len, self.encoded))
         )
-        return int(backgrounds + self.crops.nbytes + self.boxes.nbytes)
+        cached_jpegs = sum(len(s.background_jpeg) for s in list(self.spliced.values()))
+        return int(backgrounds + self.crops.nbytes + self.boxes.nbytes + cached_jpegs)
 
 
 def load_compositing_avatar(

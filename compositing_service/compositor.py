@@ -18,6 +18,30 @@ JPEG = "jpeg"
 PNG = "png"
 
 
+def face_patch(
+    crop: np.ndarray,
+    box: np.ndarray,
+    mouth: np.ndarray,
+    interpolation: int = cv2.INTER_CUBIC,
+) -> np.ndarray:
+    """Place a mouth crop in the centre of the 328x328 crop and resize it back to the box.
+
+    Parameters
+    ----------
+    crop : np.ndarray [328, 328, 3] uint8 BGR, the face box resized to 328x328
+    box : (x1, y1, x2, y2), x2 and y2 exclusive
+    mouth : np.ndarray [320, 320, 3] uint8 BGR, the UNet output
+
+    Returns
+    -------
+    np.ndarray [y2 - y1, x2 - x1, 3] uint8 BGR, the pixels to paste at the box
+    """
+    x1, y1, x2, y2 = (int(v) for v in box)
+    working = crop.copy()
+    working[CROP_MARGIN : CROP_MARGIN + FACE_SIZE, CROP_MARGIN : CROP_MARGIN + FACE_SIZE] = mouth
+    return cv2.resize(working, (x2 - x1, y2 - y1), interpolation=interpolation)
+
+
 def composite_frame(
     background: np.ndarray,
     crop: np.ndarray,
@@ -30,21 +54,15 @@ def composite_frame(
     Parameters
     ----------
     background : np.ndarray [H, W, 3] uint8 BGR, left unchanged
-    crop : np.ndarray [328, 328, 3] uint8 BGR, the face box resized to 328x328
-    box : (x1, y1, x2, y2), x2 and y2 exclusive
-    mouth : np.ndarray [320, 320, 3] uint8 BGR, the UNet output
+    crop, box, mouth : as in `face_patch`
 
     Returns
     -------
-    np.ndarray [H, W, 3] uint8 BGR: a new frame with the mouth crop placed in the centre of the
-    328x328 crop, the crop resized back to the box (bicubic by default) and pasted at the box.
+    np.ndarray [H, W, 3] uint8 BGR: a new frame with the face patch pasted at the box.
     """
     x1, y1, x2, y2 = (int(v) for v in box)
-    working = crop.copy()
-    working[CROP_MARGIN : CROP_MARGIN + FACE_SIZE, CROP_MARGIN : CROP_MARGIN + FACE_SIZE] = mouth
-    face = cv2.resize(working, (x2 - x1, y2 - y1), interpolation=interpolation)
     frame = background.copy()
-    frame[y1:y2, x1:x2] = face
+    frame[y1:y2, x1:x2] = face_patch(crop, box, mouth, interpolation)
     return frame
 
 
@@ -60,10 +78,17 @@ def encode_frame(frame: np.ndarray, output_format: str, jpeg_quality: int) -> by
 
 
 class Compositor:
-    """Composite and encode batches of frames in parallel, keeping frame order."""
+    """Composite and encode batches of frames in parallel, keeping frame order.
 
-    def __init__(self, workers: int = 0) -> None:
+    With `jpeg_mode` "splice", JPEG frames of avatars whose backgrounds are held decoded are
+    made by re-encoding only the MCU rows around the face box and splicing them into the
+    background's cached JPEG (see jpeg_splice). The result is byte-identical to a full-frame
+    encode with the same restart interval. "full" encodes every frame whole.
+    """
+
+    def __init__(self, workers: int = 0, jpeg_mode: str = "splice") -> None:
         self.workers = workers or os.cpu_count() or 1
+        self.jpeg_mode = jpeg_mode
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="composite")
 
     def _one(
@@ -74,13 +99,20 @@ class Compositor:
         output_format: str,
         jpeg_quality: int,
     ) -> bytes:
-        frame = composite_frame(
-            avatar.background(background_index),
+        box = avatar.boxes[background_index]
+        patch = face_patch(
             avatar.crops[background_index],
-            avatar.boxes[background_index],
+            box,
             mouth,
             INTERPOLATIONS[avatar.spec.face_interpolation],
         )
+        if output_format == JPEG and self.jpeg_mode == "splice" and avatar.decoded is not None:
+            spliced = avatar.spliced_background(background_index, jpeg_quality)
+            return spliced.encode_patch(patch, int(box[0]), int(box[1]))
+
+        frame = avatar.background(background_index).copy()
+        x1, y1, x2, y2 = (int(v) for v in box)
+        frame[y1:y2, x1:x2] = patch
         return encode_frame(frame, output_format, jpeg_quality)
 
     def render(

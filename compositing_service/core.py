@@ -11,6 +11,7 @@ from compositing_service.backend import InferenceBackend
 from compositing_service.compositor import JPEG, PNG, Compositor
 from lipsync.avatar.spec import validate_avatar_id
 from lipsync.errors import InvalidArgument
+from lipsync.prefetch import prefetch
 from lipsync.protos import inference_pb2
 
 OUTPUT_FORMATS = (JPEG, PNG)
@@ -115,7 +116,8 @@ class CompositingCore:
             audio_features=job.audio_features,
         )
         first = True
-        for mouths in self.backend.render_mouths(query):
+        # The next batch of crops is computed and transferred while this one is composited.
+        for mouths in prefetch(self.backend.render_mouths(query), depth=2):
             started = time.perf_counter()
             images = self.compositor.render(
                 avatar,

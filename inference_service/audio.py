@@ -59,7 +59,7 @@ def decode_pcm(
         Little-endian samples, interleaved (L, R, L, R, ...) when `channels` is 2.
     encoding : AudioEncoding
         PCM_S16LE samples are scaled by 1 / 32768. PCM_F32LE samples are used as they are,
-        including values outside [-1, 1].
+        including values outside [-1, 1], unless resampling them overflows float32.
     sample_rate : int
         Sample rate of `data` in Hz, from `MIN_SAMPLE_RATE` to `MAX_SAMPLE_RATE`.
     channels : int
@@ -93,8 +93,8 @@ def decode_pcm(
     if duration > max_seconds:
         raise InvalidArgument(
             f"raw_audio is {duration:.3f} s long ({samples_per_channel} samples per channel at "
-            f"{sample_rate} Hz), which exceeds the limit of {max_seconds:g} s. "
-            "Split the audio into shorter requests."
+            f"{sample_rate} Hz), which exceeds the limit of {max_seconds:g} s "
+            "(limits.max_audio_seconds). Split the audio into shorter requests."
         )
 
     samples = np.frombuffer(data, dtype=sample_dtype)
@@ -109,7 +109,10 @@ def decode_pcm(
         # float32 overflow and underflow limits, and unlike it cannot overflow.
         samples = 0.5 * samples[0::2] + 0.5 * samples[1::2]
 
-    return resample(samples, sample_rate, TARGET_SAMPLE_RATE)
+    resampled = resample(samples, sample_rate, TARGET_SAMPLE_RATE)
+    if sample_dtype.kind == "f" and resampled is not samples:
+        _validate_resampled(resampled, sample_rate)
+    return resampled
 
 
 def _validate_layout(encoding: AudioEncoding, sample_rate: int, channels: int) -> AudioEncoding:
@@ -156,6 +159,18 @@ def _validate_finite(samples: np.ndarray) -> None:
         raise InvalidArgument(
             f"raw_audio contains {n_not_finite} NaN or Inf samples, the first at sample index "
             f"{first}. Send finite float samples."
+        )
+
+
+def _validate_resampled(resampled: np.ndarray, sample_rate: int) -> None:
+    # Finite float32 samples near the float32 maximum overflow in soxr's filter, and the mel
+    # spectrogram cannot take the Inf or NaN samples that come out.
+    n_not_finite = int(np.count_nonzero(~np.isfinite(resampled)))
+    if n_not_finite:
+        raise InvalidArgument(
+            f"raw_audio contains samples too large to resample from {sample_rate} Hz to "
+            f"{TARGET_SAMPLE_RATE} Hz: {n_not_finite} resampled samples overflow float32. "
+            "Send float samples in [-1, 1]."
         )
 
 

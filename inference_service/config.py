@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from lipsync.settings import CapacityConfig, LogConfig, ServerConfig, StrictModel
+from lipsync.metrics import MetricsConfig
+from lipsync.settings import CapacityConfig, LogConfig, StrictModel
+from lipsync.tls import ServerConfigWithTls
 
 
 class ModelsConfig(StrictModel):
@@ -29,6 +31,15 @@ class ModelsConfig(StrictModel):
 class LimitsConfig(StrictModel):
     max_audio_seconds: float = Field(
         300.0, gt=0, le=24 * 3600, description="longest audio accepted in one request"
+    )
+    max_concurrent_requests: int = Field(
+        8,
+        ge=0,
+        le=10000,
+        description=(
+            "calls served at once, health checks and StreamMouths excepted; one more gets "
+            "RESOURCE_EXHAUSTED. Keep it below server.max_workers. 0: no limit"
+        ),
     )
 
 
@@ -56,7 +67,7 @@ class GpusConfig(StrictModel):
 
 
 class InferenceConfig(StrictModel):
-    server: ServerConfig = ServerConfig(port=50051)
+    server: ServerConfigWithTls = ServerConfigWithTls(port=50051)
     avatars_dir: Path
     models: ModelsConfig
     limits: LimitsConfig = LimitsConfig()
@@ -64,3 +75,4 @@ class InferenceConfig(StrictModel):
     capacity: CapacityConfig = CapacityConfig()
     gpus: GpusConfig = GpusConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig(port=9101)

@@ -15,7 +15,7 @@ import numpy as np
 
 from inference_service.audio import AudioEncoding, decode_pcm, pad_to_frames
 from inference_service.avatars import AvatarRegistry, InferenceAvatar
-from inference_service.features import audio_context, mel_windows, pad_features
+from inference_service.features import VIDEO_FPS, audio_context, mel_windows, pad_features
 from inference_service.legacy_inputs import parse_audio_tensor, parse_face_inputs
 from inference_service.mel import melspectrogram
 from inference_service.models import AudioEncoder
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 MASK_ROWS = slice(5, 310)
 MASK_COLS = slice(5, 315)
 DEFAULT_SAMPLE_RATE = 16000
+# Audio of d seconds forms about 25 * d frames (K + 2); the margin covers the rounding.
+MAX_FRAMES_MARGIN = 4
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,20 @@ class InferenceCore:
                 "first_frame, frame_count and pad_to_frames must be 0 or more, got "
                 f"{request.first_frame}, {request.frame_count}, {request.pad_to_frames}"
             )
+        # Checked before anything is allocated: padding or a legacy frame count this large
+        # would allocate memory in proportion.
+        max_frames = int(self.max_audio_seconds * VIDEO_FPS) + MAX_FRAMES_MARGIN
+        for field, value in (
+            ("first_frame", request.first_frame),
+            ("frame_count", request.frame_count),
+            ("pad_to_frames", request.pad_to_frames),
+        ):
+            if value > max_frames:
+                raise InvalidArgument(
+                    f"{field} {value} is out of range: an utterance has at most {max_frames} "
+                    f"frames (limits.max_audio_seconds {self.max_audio_seconds:g} s at "
+                    f"{VIDEO_FPS} fps)"
+                )
         with self.avatars.acquire(request.avatar_id) as (avatar, load_ms):
             started = time.perf_counter()
             if request.audio_features:

@@ -69,8 +69,20 @@ def window_start(k: int, n_mel_rows: int) -> int:
     if not 0 <= k < n_windows:
         raise ValueError(f"window index {k} is outside [0, {n_windows})")
 
-    start = int(float(MEL_ROWS_PER_SECOND) * (k / float(VIDEO_FPS)))
-    return min(start, n_mel_rows - MEL_WINDOW_ROWS)
+    return min(unclamped_window_start(k), n_mel_rows - MEL_WINDOW_ROWS)
+
+
+def unclamped_window_start(k: int) -> int:
+    """Return the first mel row of window `k` before the end clamp, ``int(80 * (k / 25))``.
+
+    A stream uses it for the windows it encodes before the utterance's length is known: a
+    window that ends by the last mel row computed so far is never clamped.
+    """
+    if k < 0:
+        raise ValueError(f"window index {k} is negative")
+
+    # The reference's expression, in the same floating-point operations.
+    return int(float(MEL_ROWS_PER_SECOND) * (k / float(VIDEO_FPS)))
 
 
 def _window_starts(n_mel_rows: int) -> np.ndarray:

@@ -261,9 +261,21 @@ def _preemphasize_and_pad(
 # over all frames (numpy 2.4, 2-core x86 VM).
 _FRAMES_PER_BLOCK = 256
 
+# Mel rows per matrix product with the filterbank. BLAS rounds a row's products differently
+# depending on how many rows one call multiplies (with numpy 2.4 and its OpenBLAS, 1, 16 and 256
+# rows give different last bits). So every product takes exactly this many rows, zero-padded,
+# with row t at position t % PROJECTION_BLOCK_ROWS. A row's value then does not depend on how
+# the rows are grouped, and a stream that computes a few rows at a time gets the same rows as
+# the whole-utterance spectrogram.
+PROJECTION_BLOCK_ROWS = 16
+
 
 def _mel_magnitudes(
-    padded: np.ndarray, window: np.ndarray, projection: np.ndarray, hop_length: int
+    padded: np.ndarray,
+    window: np.ndarray,
+    projection: np.ndarray,
+    hop_length: int,
+    first_row: int = 0,
 ) -> np.ndarray:
     n_fft = window.size
     n_frames = 1 + (padded.size - n_fft) // hop_length
@@ -278,8 +290,78 @@ def _mel_magnitudes(
     for start in range(0, n_frames, _FRAMES_PER_BLOCK):
         stop = min(start + _FRAMES_PER_BLOCK, n_frames)
         spectrum = np.fft.rfft(frames[start:stop] * window, axis=-1)
-        np.matmul(np.abs(spectrum), projection, out=mel[start:stop])
+        mel[start:stop] = _project(np.abs(spectrum), projection, first_row + start)
     return mel
+
+
+def _project(magnitudes: np.ndarray, projection: np.ndarray, first_row: int) -> np.ndarray:
+    # Rows [first_row, first_row + n) placed in zero-padded blocks aligned to absolute row
+    # indices, multiplied block by block in one stacked matmul (one BLAS call per block).
+    block = PROJECTION_BLOCK_ROWS
+    n_rows, n_bins = magnitudes.shape
+    offset = first_row % block
+    n_blocks = -(-(offset + n_rows) // block)
+    if offset == 0 and n_blocks * block == n_rows:
+        blocks = magnitudes.reshape(n_blocks, block, n_bins)
+    else:
+        blocks = np.zeros((n_blocks, block, n_bins), dtype=magnitudes.dtype)
+        blocks.reshape(-1, n_bins)[offset : offset + n_rows] = magnitudes
+    products = np.matmul(blocks, projection).reshape(-1, projection.shape[1])
+    return products[offset : offset + n_rows]
+
+
+def mel_rows(
+    padded: np.ndarray,
+    first_row: int,
+    *,
+    sr: int = SAMPLE_RATE,
+    n_fft: int = N_FFT,
+    hop_length: int = HOP_LENGTH,
+    win_length: int = N_FFT,
+    n_mels: int = N_MELS,
+    fmin: float = FMIN,
+    fmax: float = FMAX,
+) -> np.ndarray:
+    """Compute consecutive rows of `melspectrogram` from a slice of its padded signal.
+
+    This is the incremental form of `melspectrogram` for streams: row ``first_row + r`` is
+    bit-identical to row ``first_row + r`` of `melspectrogram` on the whole signal, whatever
+    rows are computed together.
+
+    Parameters
+    ----------
+    padded : np.ndarray [n], float64
+        The pre-emphasized signal with its ``n_fft // 2`` samples of padding at both ends, from
+        padded sample ``first_row * hop_length`` on. It must hold whole frames only:
+        ``n >= n_fft`` and ``(n - n_fft) % hop_length == 0``.
+    first_row : int >= 0
+        Index of the first row in the whole spectrogram.
+    sr, n_fft, hop_length, win_length, n_mels, fmin, fmax
+        As in `melspectrogram`.
+
+    Returns
+    -------
+    np.ndarray [1 + (n - n_fft) // hop_length, n_mels], float32
+        Values in [-4, 4].
+    """
+    padded = np.asarray(padded)
+    if padded.ndim != 1 or padded.dtype != np.float64:
+        raise ValueError(
+            f"padded must be a 1-D float64 array, got {padded.dtype} of shape {padded.shape}"
+        )
+    if padded.size < n_fft or (padded.size - n_fft) % hop_length:
+        raise ValueError(
+            f"padded has {padded.size} samples, which is not n_fft ({n_fft}) plus a whole "
+            f"number of hops of {hop_length}"
+        )
+    if first_row < 0:
+        raise ValueError(f"first_row must be 0 or more, got {first_row}")
+    _validate_filterbank_parameters(sr, n_fft, n_mels, fmin, fmax)
+
+    window = _cached_window(int(win_length), int(n_fft))
+    projection = _cached_projection(int(sr), int(n_fft), int(n_mels), float(fmin), float(fmax))
+    mel = _mel_magnitudes(padded, window, projection, hop_length, first_row)
+    return _normalize_db(mel).astype(np.float32)
 
 
 def _normalize_db(mel: np.ndarray) -> np.ndarray:

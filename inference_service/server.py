@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from inference_service.audio import AudioEncoding
 from inference_service.avatars import AvatarRegistry
 from inference_service.config import InferenceConfig
 from inference_service.core import InferenceCore, MouthBatch, MouthRequest
+from inference_service.features import MEL_WINDOW_ROWS
 from inference_service.management import ManagementHandlers
+from inference_service.mel import N_MELS
 from inference_service.models import (
     AudioEncoder,
     UNet,
@@ -23,8 +27,10 @@ from inference_service.models import (
 )
 from inference_service.placement import GpuPlacement
 from inference_service.stream_server import StreamMouthsHandler
-from lipsync.errors import InvalidArgument
+from lipsync.avatar.spec import FACE_SIZE
+from lipsync.errors import FailedPrecondition, InvalidArgument
 from lipsync.logs import avatar_id_var
+from lipsync.metrics import ServiceMetrics, start_metrics_endpoint
 from lipsync.protos import inference_pb2, inference_pb2_grpc
 from lipsync.registry import IdleUnloader
 from lipsync.serving import GrpcService
@@ -32,6 +38,9 @@ from lipsync.serving import GrpcService
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.InferenceService"
+CROP_BYTES = FACE_SIZE * FACE_SIZE * 3
+# Field tags, lengths and the timing fields of a RenderMouthsResponse, with a wide margin.
+RESPONSE_OVERHEAD_BYTES = 64 * 1024
 
 
 def audio_encoding_from_proto(value: int) -> AudioEncoding:
@@ -81,15 +90,28 @@ class InferenceServicer(
 ):
     """Thin gRPC handlers over InferenceCore."""
 
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, metrics: ServiceMetrics | None = None) -> None:
         self.core = core
+        self.metrics = metrics or ServiceMetrics()
 
     def RenderMouths(
         self, request: inference_pb2.RenderMouthsRequest, context: grpc.ServicerContext
     ) -> Iterator[inference_pb2.RenderMouthsResponse]:
+        started = time.perf_counter()
         avatar_id_var.set(request.model_id)
-        for batch in self.core.render_mouths(request_from_proto(request)):
+        frames = 0
+        for position, batch in enumerate(self.core.render_mouths(request_from_proto(request))):
+            if position == 0:
+                self.metrics.observe_stage("audio", batch.audio_ms)
+            self.metrics.observe_stage("inference", batch.inference_ms)
+            frames += len(batch.frame_indices)
             yield batch_to_proto(batch)
+        logger.debug(
+            "RenderMouths done: avatar %s, %d frames, %.1f ms",
+            request.model_id,
+            frames,
+            (time.perf_counter() - started) * 1000,
+        )
 
     def DescribeAvatar(
         self, request: inference_pb2.DescribeAvatarRequest, context: grpc.ServicerContext
@@ -104,8 +126,26 @@ class InferenceServicer(
         )
 
 
+def warm_up_audio_encoder(encoder: AudioEncoder) -> None:
+    """Run the audio encoder on silent mel windows at batch 1 and at its full batch size."""
+    for batch in sorted({1, encoder.batch_size}):
+        encoder.encode(np.zeros((batch, 1, N_MELS, MEL_WINDOW_ROWS), dtype=np.float32))
+    logger.info("warmed up the audio encoder at batch sizes 1 and %d", encoder.batch_size)
+
+
+def check_message_size(config: InferenceConfig) -> None:
+    """Check that one response of models.batch_size crops fits in server.max_message_bytes."""
+    needed = config.models.batch_size * CROP_BYTES + RESPONSE_OVERHEAD_BYTES
+    if needed > config.server.max_message_bytes:
+        raise FailedPrecondition(
+            f"server.max_message_bytes {config.server.max_message_bytes} cannot hold one response "
+            f"of models.batch_size {config.models.batch_size} crops ({needed} bytes): raise it "
+            "or lower the batch size"
+        )
+
+
 def build_core(config: InferenceConfig) -> InferenceCore:
-    """Create the ONNX Runtime sessions and the avatar registry from the config."""
+    """Create the ONNX Runtime sessions (the audio encoder warmed up) and the avatar registry."""
     models = config.models
     providers = select_providers(models.device, models.gpu_id)
     on_gpu = isinstance(providers[0], tuple)
@@ -121,6 +161,7 @@ def build_core(config: InferenceConfig) -> InferenceCore:
         create_session(models.audio_encoder, providers, intra_op_threads=models.intra_op_threads),
         batch_size=models.audio_encoder_batch_size,
     )
+    warm_up_audio_encoder(encoder)
 
     def create_unet(avatar_id: str, path: Path) -> tuple[UNet, int]:
         gpu = placement.choose(avatar_id)
@@ -156,7 +197,10 @@ def build_core(config: InferenceConfig) -> InferenceCore:
 
 def create_service(config: InferenceConfig) -> tuple[GrpcService, InferenceCore]:
     """Build the core, start the gRPC server, preload and warm up, then report SERVING."""
+    check_message_size(config)
     core = build_core(config)
+    metrics = ServiceMetrics()
+    metrics.watch_avatars("inference", core.avatars.registry)
     service = GrpcService(
         name="inference",
         address=config.server.address,
@@ -164,10 +208,17 @@ def create_service(config: InferenceConfig) -> tuple[GrpcService, InferenceCore]
         max_message_bytes=config.server.max_message_bytes,
         grace_period_s=config.server.grace_period_s,
         service_names=[SERVICE_NAME],
+        metrics=metrics,
+        tls=config.server.tls,
+        max_concurrent_requests=config.limits.max_concurrent_requests,
+        max_concurrent_streams=config.streams.max_sessions,
     )
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-        InferenceServicer(core), service.server
-    )
+    servicer = InferenceServicer(core, metrics)
+    servicer.configure_streams(config.streams)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, service.server)
+    endpoint = start_metrics_endpoint(metrics, config.metrics)
+    if endpoint is not None:
+        service.on_stop(endpoint.stop)
     service.start()
     if config.capacity.idle_unload_s > 0:
         unloader = IdleUnloader(core.avatars.registry, config.capacity.idle_unload_s).start()

@@ -1,9 +1,9 @@
 """The one place where exceptions become gRPC status codes, for both services.
 
-`StatusInterceptor` wraps every handler: a `LipsyncError` becomes its status code with its
-message; any other exception is logged with its traceback and becomes INTERNAL with a message
-that leaks no internals. It also binds the request id (metadata `x-request-id`, or a new one)
-to the log context for the duration of the call.
+`StatusInterceptor` wraps every handler except the health service's. A `LipsyncError` becomes
+its status code with its message. Any other exception is logged with its traceback and becomes
+INTERNAL with a message that leaks no internals. It also binds the request id (metadata
+`x-request-id`, or a new one) to the log context for the duration of the call.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from lipsync.logs import avatar_id_var, request_id_var
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
+
+# Health calls pass through unwrapped: wrapping turns the non-blocking Watch into a generator
+# that holds a worker thread for as long as the client watches.
+HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
 
 def request_id_of(context: grpc.ServicerContext) -> str:
@@ -57,8 +61,8 @@ class StatusInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+        if handler is None or handler_call_details.method.startswith(HEALTH_METHOD_PREFIX):
+            return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
 
         if handler.unary_unary:

@@ -32,6 +32,13 @@ class ServerConfig(StrictModel):
         64 * MiB, ge=4 * MiB, le=1024 * MiB, description="send and receive limit per message"
     )
     grace_period_s: float = Field(10.0, ge=0, le=600, description="in-flight time on shutdown")
+    malloc_tuning: bool = Field(
+        True,
+        description=(
+            "raise glibc's mmap and trim thresholds so multi-megabyte message buffers are "
+            "reused instead of page-faulted on every call; freed memory stays in the process"
+        ),
+    )
 
     @property
     def address(self) -> str:

@@ -130,3 +130,33 @@ def test_encode_jpeg_and_png_decode_to_frame_size(frame_and_box):
     np.testing.assert_array_equal(decoded_png, frame)
     decoded_jpeg = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert decoded_jpeg.shape == frame.shape
+
+
+@pytest.fixture(scope="module")
+def demo_avatar(demo_data):
+    from compositing_service.avatars import load_compositing_avatar
+
+    return load_compositing_avatar(demo_data.avatars_dir, "demo")
+
+
+def test_spliced_jpeg_decodes_to_full_encode_pixels(demo_avatar):
+    from compositing_service.compositor import Compositor
+
+    rng = np.random.default_rng(21)
+    mouths = rng.integers(0, 256, size=(6, 320, 320, 3), dtype=np.uint8)
+    backgrounds = np.array([0, 1, 57, 124, 3, 3])
+    spliced = Compositor(2, "splice")
+    full = Compositor(2, "full")
+    try:
+        a = spliced.render(demo_avatar, backgrounds, mouths, output_format="jpeg", jpeg_quality=75)
+        b = full.render(demo_avatar, backgrounds, mouths, output_format="jpeg", jpeg_quality=75)
+    finally:
+        spliced.close()
+        full.close()
+    for spliced_jpeg, full_jpeg in zip(a, b, strict=True):
+        assert b"\xff\xdd" in spliced_jpeg  # DRI: the spliced frames carry restart markers
+        assert b"\xff\xdd" not in full_jpeg
+        np.testing.assert_array_equal(
+            cv2.imdecode(np.frombuffer(spliced_jpeg, np.uint8), cv2.IMREAD_COLOR),
+            cv2.imdecode(np.frombuffer(full_jpeg, np.uint8), cv2.IMREAD_COLOR),
+        )

@@ -31,8 +31,8 @@ def test_compose_inference_reserves_a_gpu(compose):
 def test_compose_compositing_waits_for_healthy_inference(compose):
     compositing = compose["services"]["compositing"]
     assert compositing["depends_on"]["inference"]["condition"] == "service_healthy"
-    assert compositing["environment"]["LIPSYNC_INFERENCE_ADDRESS"] == "inference:50051"
-    assert "50052:50052" in compositing["ports"]
+    assert compositing["environment"]["LIPSYNC_INFERENCE_ADDRESS"] == "dns:///inference:50051"
+    assert "50052-50055:50052" in compositing["ports"]
 
 
 def test_compose_tiers_share_the_avatar_volume(compose):
@@ -108,3 +108,42 @@ def test_environment_overrides_address_and_port(tmp_path):
     assert config.server.port == 6000
     assert config.inference.address == "inference:7000"
     assert config.avatars_dir == Path("/srv/avatars")
+
+
+def test_compose_services_scale_without_fixed_names(compose):
+    for name, service in compose["services"].items():
+        assert "container_name" not in service, name
+    assert "ports" not in compose["services"]["inference"]
+
+
+def test_compose_compositing_publishes_a_port_range(compose):
+    published = compose["services"]["compositing"]["ports"]
+    host, container = published[0].split(":")
+    first, last = (int(port) for port in host.split("-"))
+    assert container == "50052"
+    assert first == 50052
+    assert last - first + 1 >= 2
+
+
+def test_compose_compositing_round_robins_over_inference_dns(compose):
+    address = compose["services"]["compositing"]["environment"]["LIPSYNC_INFERENCE_ADDRESS"]
+    config = load_config(
+        REPO_ROOT / "configs" / "compositing.yaml",
+        CompositingConfig,
+        env={"LIPSYNC_INFERENCE_ADDRESS": address},
+    )
+    assert config.inference.target == "dns:///inference:50051"
+    assert config.inference.load_balancing == "round_robin"
+    inference_port = load_config(
+        REPO_ROOT / "configs" / "inference.yaml", InferenceConfig, env={}
+    ).server.port
+    assert address.endswith(f":{inference_port}")
+
+
+def test_compose_exposes_the_metrics_ports(compose):
+    inference = load_config(REPO_ROOT / "configs" / "inference.yaml", InferenceConfig, env={})
+    compositing = load_config(REPO_ROOT / "configs" / "compositing.yaml", CompositingConfig, env={})
+    assert inference.metrics.enabled
+    assert compositing.metrics.enabled
+    assert str(inference.metrics.port) in compose["services"]["inference"]["expose"]
+    assert str(compositing.metrics.port) in compose["services"]["compositing"]["expose"]
