@@ -19,6 +19,7 @@ import grpc
 
 from lipsync.errors import ResourceExhausted
 from lipsync.grpc_status import HEALTH_METHOD_PREFIX
+from lipsync.interceptors import rewrap_handler
 
 
 class ConcurrencyLimiter:
@@ -81,22 +82,10 @@ class RequestLimitInterceptor(grpc.ServerInterceptor):
             return handler
 
         method = full_method.rsplit("/", 1)[-1]
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_unary_rpc_method_handler(
-            self._wrap_unary(handler.stream_unary, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        return rewrap_handler(
+            handler,
+            lambda behavior: self._wrap_unary(behavior, method),
+            lambda behavior: self._wrap_stream(behavior, method),
         )
 
     def _wrap_unary(self, behavior: Callable, method: str) -> Callable:

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from pydantic import Field
 
 from lipsync.errors import FailedPrecondition
+from lipsync.interceptors import rewrap_handler
 from lipsync.registry import ModelRegistry
 from lipsync.settings import StrictModel
 
@@ -231,28 +232,10 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         labels = (service, method, _call_type(handler))
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, labels),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, labels),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, labels),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, labels),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        return rewrap_handler(
+            handler,
+            lambda behavior: self._wrap_unary(behavior, labels),
+            lambda behavior: self._wrap_stream(behavior, labels),
         )
 
     def _begin(self, context: grpc.ServicerContext, labels: tuple[str, str, str]) -> float:
