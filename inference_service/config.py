@@ -20,8 +20,15 @@ class ModelsConfig(StrictModel):
         "auto", description="auto uses CUDA when onnxruntime-gpu sees a GPU, else the CPU"
     )
     gpu_id: int = Field(0, ge=0, le=63)
-    batch_size: int = Field(
-        24, ge=1, le=256, description="frames per UNet run, also the frames per streamed response"
+    batch_size: int = Field(24, ge=1, le=256, description="frames per UNet run")
+    response_frames: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description=(
+            "crops per RenderMouths response: small responses let the compositing tier start on "
+            "the first crops while the rest are still being serialized and sent"
+        ),
     )
     audio_encoder_batch_size: int = Field(64, ge=1, le=1024)
     intra_op_threads: int = Field(0, ge=0, le=256, description="0 lets ONNX Runtime choose")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -70,6 +71,25 @@ def request_from_proto(request: inference_pb2.RenderMouthsRequest) -> MouthReque
     )
 
 
+def split_batch(batch: MouthBatch, frames: int) -> Iterator[MouthBatch]:
+    """Split a batch into consecutive parts of at most `frames` crops, sharing its arrays.
+
+    The timings stay with the first part, so sums over the parts equal the batch's.
+    """
+    for start in range(0, len(batch.frame_indices), frames):
+        stop = start + frames
+        first = start == 0
+        yield replace(
+            batch,
+            frame_indices=batch.frame_indices[start:stop],
+            background_indices=batch.background_indices[start:stop],
+            crops=batch.crops[start:stop],
+            audio_ms=batch.audio_ms if first else 0.0,
+            inference_ms=batch.inference_ms if first else 0.0,
+            model_load_ms=batch.model_load_ms if first else 0.0,
+        )
+
+
 def batch_to_proto(batch: MouthBatch) -> inference_pb2.RenderMouthsResponse:
     crops = [
         inference_pb2.MouthCrop(frame_index=int(f), background_index=int(b), pixels=c.tobytes())
@@ -90,9 +110,16 @@ class InferenceServicer(
 ):
     """Thin gRPC handlers over InferenceCore."""
 
-    def __init__(self, core: InferenceCore, metrics: ServiceMetrics | None = None) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        metrics: ServiceMetrics | None = None,
+        *,
+        response_frames: int = 4,
+    ) -> None:
         self.core = core
         self.metrics = metrics or ServiceMetrics()
+        self.response_frames = response_frames
 
     def RenderMouths(
         self, request: inference_pb2.RenderMouthsRequest, context: grpc.ServicerContext
@@ -105,7 +132,8 @@ class InferenceServicer(
                 self.metrics.observe_stage("audio", batch.audio_ms)
             self.metrics.observe_stage("inference", batch.inference_ms)
             frames += len(batch.frame_indices)
-            yield batch_to_proto(batch)
+            for part in split_batch(batch, self.response_frames):
+                yield batch_to_proto(part)
         logger.debug(
             "RenderMouths done: avatar %s, %d frames, %.1f ms",
             request.model_id,
@@ -213,7 +241,7 @@ def create_service(config: InferenceConfig) -> tuple[GrpcService, InferenceCore]
         max_concurrent_requests=config.limits.max_concurrent_requests,
         max_concurrent_streams=config.streams.max_sessions,
     )
-    servicer = InferenceServicer(core, metrics)
+    servicer = InferenceServicer(core, metrics, response_frames=config.models.response_frames)
     servicer.configure_streams(config.streams)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, service.server)
     endpoint = start_metrics_endpoint(metrics, config.metrics)
