@@ -335,6 +335,8 @@ def _bench(args: argparse.Namespace) -> int:
         throughput_s=args.throughput_seconds,
         concurrency=args.concurrency,
         json_path=args.json,
+        stream_rounds=args.stream_rounds,
+        stream_seconds=args.stream_seconds,
     )
     return 0
 
@@ -505,6 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("data"),
         help="where the models and avatars are built (default: data)",
+    )
+    bench.add_argument(
+        "--stream-rounds",
+        type=int,
+        default=2,
+        help="StreamRender rounds per shape, each paced and as fast as possible; 0 skips them",
+    )
+    bench.add_argument(
+        "--stream-seconds", type=float, default=4.0, help="seconds of speech per stream"
     )
     bench.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     bench.set_defaults(handler=_bench)

@@ -18,6 +18,8 @@ def test_bench_smoke_run_reports_both_shapes(demo_data, tmp_path, capsys):
         throughput_s=1.0,
         concurrency=2,
         json_path=out,
+        stream_rounds=1,
+        stream_seconds=1.0,
     )
 
     saved = json.loads(out.read_text())
@@ -33,6 +35,11 @@ def test_bench_smoke_run_reports_both_shapes(demo_data, tmp_path, capsys):
         assert figures["cpu_ms_per_frame"] > 0
         assert all(rss > 0 for rss in figures["rss_mb"].values())
         assert set(figures["stages_ms"]) == {"audio", "inference", "composite", "total"}
+        streams = figures["streams"]
+        assert streams["rounds"] == 1
+        assert streams["first_frame_ms"]["p50"] > 0
+        assert streams["fast_frames_per_s"]["p50"] > 0
+        assert streams["real_time_factor"]["p50"] > 0
     assert len(saved["split"]["rss_mb"]) == 2
     assert len(saved["monolithic"]["rss_mb"]) == 1
     # One uint8 crop of 320x320x3 per frame crosses between the tiers, plus framing.

@@ -12,11 +12,13 @@ from lipsync.bench.run import (
     SHAPES,
     Shape,
     batch_audio,
+    drive_streams,
     drive_throughput,
     drive_unary,
     machine_description,
     model_baseline,
     prepare_avatar,
+    speech_cut,
     start_shapes,
     wire_bytes_per_frame,
 )
@@ -36,6 +38,13 @@ def collect(shapes: dict[str, Shape], batch_size: int) -> dict:
             "rss_mb": {p.name: rss_bytes(p.process.pid) / 1e6 for p in shape.processes},
             "cpu_ms_per_frame": 1000 * shape.cpu_s / shape.frames if shape.frames else 0.0,
             "stages_ms": {stage: summarize(v) for stage, v in shape.stages.items()},
+            "streams": {
+                "first_frame_ms": summarize(shape.streams.get("first_frame_ms", [])),
+                "frame_latency_ms": summarize(shape.streams.get("frame_latency_ms", [])),
+                "real_time_factor": summarize(shape.streams.get("real_time_factor", [])),
+                "fast_frames_per_s": summarize(shape.streams.get("fast_frames_per_s", [])),
+                "rounds": len(shape.streams.get("first_frame_ms", [])),
+            },
         }
     mono, split = results["monolithic"]["latency_ms"], results["split"]["latency_ms"]
     results["split_overhead_ms"] = {
@@ -65,6 +74,17 @@ def format_table(results: dict) -> str:
         ("stage audio p50 (ms)", lambda r: f"{r['stages_ms']['audio']['p50']:.1f}"),
         ("stage inference p50 (ms)", lambda r: f"{r['stages_ms']['inference']['p50']:.1f}"),
         ("stage composite p50 (ms)", lambda r: f"{r['stages_ms']['composite']['p50']:.1f}"),
+        ("stream first frame p50 (ms)", lambda r: f"{r['streams']['first_frame_ms']['p50']:.0f}"),
+        (
+            "stream frame latency p50 (ms)",
+            lambda r: f"{r['streams']['frame_latency_ms']['p50']:.1f}",
+        ),
+        (
+            "stream frame latency p95 (ms)",
+            lambda r: f"{r['streams']['frame_latency_ms']['p95']:.1f}",
+        ),
+        ("stream real-time factor", lambda r: f"{r['streams']['real_time_factor']['p50']:.3f}"),
+        ("stream fast frames/s", lambda r: f"{r['streams']['fast_frames_per_s']['p50']:.1f}"),
     ]
     width = max(len(label) for label, _ in rows)
     lines = [f"{'':{width}}  {'monolithic':>12}  {'split':>12}"]
@@ -99,6 +119,8 @@ def run_bench(
     throughput_s: float,
     concurrency: int,
     json_path: Path | None,
+    stream_rounds: int = 2,
+    stream_seconds: float = 4.0,
 ) -> dict:
     """Run the whole benchmark and return the results; print the table as it finishes."""
     started = time.monotonic()
@@ -111,6 +133,10 @@ def run_bench(
             drive_unary(shapes, avatar_id, audio, batch_size, iterations, warmup)
             if throughput_s > 0:
                 drive_throughput(shapes, avatar_id, audio, batch_size, throughput_s, concurrency)
+            if stream_rounds > 0:
+                drive_streams(
+                    shapes, avatar_id, speech_cut(stream_seconds), stream_rounds, chunk_ms=20.0
+                )
             wire = wire_bytes_per_frame(
                 shapes["split"].processes[0].address, avatar_id, audio, batch_size
             )

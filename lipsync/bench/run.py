@@ -22,6 +22,7 @@ import yaml
 
 from lipsync.bench.procs import cpu_seconds
 from lipsync.bench.stats import summarize
+from lipsync.client import LipsyncClient, StreamStats
 from lipsync.demo.run import (
     DEMO_AVATAR_ID,
     ServiceProcess,
@@ -31,7 +32,7 @@ from lipsync.demo.run import (
     start_service,
     wait_serving,
 )
-from lipsync.media import read_wav
+from lipsync.media import WavAudio, read_wav
 from lipsync.protos import compositing_pb2, compositing_pb2_grpc, inference_pb2, inference_pb2_grpc
 from lipsync.serving import channel_options
 from lipsync.settings import MiB
@@ -54,6 +55,7 @@ class Shape:
     frames: int = 0
     cpu_s: float = 0.0
     throughput: dict[str, float] = field(default_factory=dict)
+    streams: dict[str, list[float]] = field(default_factory=dict)
 
 
 def prepare_avatar(data_dir: Path, model: str) -> tuple[Path, Path, str]:
@@ -233,6 +235,51 @@ def drive_throughput(
             "frames_per_s": requests * batch_size / elapsed,
             "concurrency": concurrency,
         }
+
+
+def speech_cut(seconds: float) -> WavAudio:
+    """The bundled speech, cut (or repeated) to `seconds`, as 16-bit mono at 16 kHz."""
+    speech = read_wav(speech_wav())
+    samples = np.frombuffer(speech.data, dtype="<i2")
+    needed = int(seconds * speech.sample_rate)
+    data = np.tile(samples, -(-needed // len(samples)))[:needed]
+    return WavAudio(data.tobytes(), speech.encoding, speech.sample_rate, 1)
+
+
+def drive_streams(
+    shapes: dict[str, Shape], avatar_id: str, audio: WavAudio, rounds: int, chunk_ms: float
+) -> None:
+    """Stream the audio through StreamRender at real-time pace and as fast as possible.
+
+    The shapes alternate within each round. Records per shape the first-frame latency, the
+    frame latencies and real-time factor of the paced sends, and the frames/s of the fast ones.
+    """
+    clients = {name: LipsyncClient(shape.public.address) for name, shape in shapes.items()}
+    try:
+        for round_index in range(rounds):
+            order = SHAPES if round_index % 2 == 0 else SHAPES[::-1]
+            for name in order:
+                figures = shapes[name].streams
+                stats = StreamStats()
+                for _ in clients[name].stream_render(
+                    avatar_id, audio, chunk_ms=chunk_ms, realtime=True, stats=stats
+                ):
+                    pass
+                figures.setdefault("first_frame_ms", []).append(stats.first_frame_ms)
+                figures.setdefault("frame_latency_ms", []).extend(stats.latencies_ms)
+                figures.setdefault("real_time_factor", []).append(stats.real_time_factor)
+
+                fast = StreamStats()
+                for _ in clients[name].stream_render(
+                    avatar_id, audio, chunk_ms=chunk_ms, realtime=False, stats=fast
+                ):
+                    pass
+                figures.setdefault("fast_frames_per_s", []).append(
+                    fast.frames / fast.wall_s if fast.wall_s else 0.0
+                )
+    finally:
+        for client in clients.values():
+            client.close()
 
 
 def wire_bytes_per_frame(inference_address: str, avatar_id: str, audio: bytes, batch: int) -> float:
