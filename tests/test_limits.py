@@ -207,9 +207,11 @@ def test_open_streams_leave_threads_for_calls(limited, public):
         )
         release.wait(60)
 
-    streams = [public.StreamRender(held_open(), timeout=60) for _ in range(MAX_STREAMS + 1)]
+    streams = [public.StreamRender(held_open(), timeout=60) for _ in range(MAX_STREAMS)]
     try:
-        first_frames = [len(next(stream).frames) for stream in streams[:MAX_STREAMS]]
+        first_frames = [len(next(stream).frames) for stream in streams]
+        # Opened only once the others hold their slots, so it is the one over the limit.
+        streams.append(public.StreamRender(held_open(), timeout=60))
         with pytest.raises(grpc.RpcError) as caught:
             next(streams[MAX_STREAMS])
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
