@@ -113,7 +113,7 @@ class MouthStream(Protocol):
 
 
 class InferenceBackend(Protocol):
-    """What the compositing tier needs from the inference tier, over gRPC or in-process."""
+    """Interface of the inference tier as the compositing tier uses it, over gRPC or in-process."""
 
     def render_mouths(self, request: inference_pb2.RenderMouthsRequest) -> Iterator[Mouths]: ...
 

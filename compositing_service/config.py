@@ -14,7 +14,7 @@ from lipsync.tls import ClientTlsConfig, ServerConfigWithTls
 
 
 class InferenceClientConfig(StrictModel):
-    """How the compositing tier reaches the inference tier."""
+    """Client settings of the compositing tier for calls to the inference tier."""
 
     address: str = Field(
         "127.0.0.1:50051",
@@ -116,7 +116,7 @@ class StreamsConfig(StrictModel):
 
 
 class BackgroundsConfig(StrictModel):
-    """How the compositing tier holds each avatar's background frames in memory."""
+    """In-memory storage of each avatar's background frames on the compositing tier."""
 
     storage: Literal["decoded", "encoded"] = Field(
         "decoded",

@@ -13,7 +13,7 @@ from lipsync.tls import ServerConfigWithTls
 
 
 class ModelsConfig(StrictModel):
-    """Where the models are and how they run."""
+    """Model files and the ONNX Runtime settings that run them."""
 
     audio_encoder: Path = Field(..., description="audio encoder ONNX (wav2lip SyncNet audio tower)")
     device: Literal["auto", "cuda", "cpu"] = Field(
@@ -37,7 +37,7 @@ class ModelsConfig(StrictModel):
 
 class LimitsConfig(StrictModel):
     max_audio_seconds: float = Field(
-        300.0, gt=0, le=24 * 3600, description="longest audio accepted in one request"
+        300.0, gt=0, le=24 * 3600, description="maximum audio duration per request, in seconds"
     )
     max_concurrent_requests: int = Field(
         8,

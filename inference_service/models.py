@@ -63,10 +63,13 @@ def create_session(
     except Exception as exc:  # onnxruntime raises its own unrelated exception types
         raise FailedPrecondition(f"cannot load ONNX model {path}: {exc}") from exc
 
-    wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-    if session.get_providers()[0] != wanted:
+    requested = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    if session.get_providers()[0] != requested:
         logger.warning(
-            "%s: requested %s but ONNX Runtime uses %s", path.name, wanted, session.get_providers()
+            "%s: requested %s but ONNX Runtime uses %s",
+            path.name,
+            requested,
+            session.get_providers(),
         )
     return session
 

@@ -85,38 +85,13 @@ def _avatar_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_avatar_import(avatar_commands: argparse._SubParsersAction) -> None:
-    parser = avatar_commands.add_parser(
-        "import",
-        help="make an avatar package from a SyncTalk_2D dataset folder and its UNet ONNX",
-        description=(
-            "Build an avatar package from a SyncTalk_2D dataset folder (full_body_img/N.jpg "
-            "numbered from 0, landmarks/N.lms with 68 'x y' lines) and the UNet exported to "
-            "ONNX. The face boxes are computed from the landmarks as inference_328.py does."
-        ),
-    )
-    parser.add_argument("--id", required=True, help="avatar id (the package's folder name)")
-    parser.add_argument(
-        "--dataset",
-        type=Path,
-        required=True,
-        help="SyncTalk_2D dataset folder with full_body_img/ and landmarks/",
-    )
-    parser.add_argument("--unet", type=Path, required=True, help="the UNet exported to ONNX")
+def _add_package_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options that `avatar build` and `avatar import` share: where and how to package."""
     parser.add_argument(
         "--avatars-dir",
         type=Path,
         default=Path("data/avatars"),
         help="folder to create the package in (default: data/avatars)",
-    )
-    parser.add_argument(
-        "--out-of-frame",
-        choices=["reject", "clip"],
-        default="reject",
-        help=(
-            "what to do with a face box that leaves the frame: reject (default) stops with the "
-            "frame number and the box; clip clips it to the frame and logs how many were clipped"
-        ),
     )
     parser.add_argument(
         "--channel-order",
@@ -144,9 +119,39 @@ def _add_avatar_import(avatar_commands: argparse._SubParsersAction) -> None:
         "--frame-format",
         choices=["png", "jpg"],
         default="png",
-        help="format of the stored backgrounds (png keeps the decoded JPEG frames unchanged)",
+        help="format of the stored backgrounds (png is lossless)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing package")
+
+
+def _add_avatar_import(avatar_commands: argparse._SubParsersAction) -> None:
+    parser = avatar_commands.add_parser(
+        "import",
+        help="make an avatar package from a SyncTalk_2D dataset folder and its UNet ONNX",
+        description=(
+            "Build an avatar package from a SyncTalk_2D dataset folder (full_body_img/N.jpg "
+            "numbered from 0, landmarks/N.lms with 68 'x y' lines) and the UNet exported to "
+            "ONNX. The face boxes are computed from the landmarks as inference_328.py does."
+        ),
+    )
+    parser.add_argument("--id", required=True, help="avatar id (the package's folder name)")
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        required=True,
+        help="SyncTalk_2D dataset folder with full_body_img/ and landmarks/",
+    )
+    parser.add_argument("--unet", type=Path, required=True, help="the UNet exported to ONNX")
+    parser.add_argument(
+        "--out-of-frame",
+        choices=["reject", "clip"],
+        default="reject",
+        help=(
+            "what to do with a face box that leaves the frame: reject (default) stops with the "
+            "frame number and the box; clip clips it to the frame and logs how many were clipped"
+        ),
+    )
+    _add_package_options(parser)
     parser.set_defaults(handler=_avatar_import)
 
 
@@ -395,37 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON list of [x1, y1, x2, y2] face boxes, one per frame",
     )
     build.add_argument("--unet", type=Path, required=True, help="the avatar's UNet ONNX file")
-    build.add_argument(
-        "--avatars-dir",
-        type=Path,
-        default=Path("data/avatars"),
-        help="folder to create the package in (default: data/avatars)",
-    )
-    build.add_argument(
-        "--channel-order",
-        choices=["bgr", "rgb"],
-        default="bgr",
-        help="channel order the UNet was trained with (SyncTalk_2D: bgr)",
-    )
-    build.add_argument(
-        "--mel-padding",
-        choices=["constant", "reflect"],
-        default="constant",
-        help="STFT padding the model was trained with (librosa >= 0.10: constant)",
-    )
-    build.add_argument(
-        "--face-interpolation",
-        choices=["cubic", "linear"],
-        default="cubic",
-        help="interpolation of the face resizes (linear matches SyncTalk_2D's inference_328.py)",
-    )
-    build.add_argument(
-        "--frame-format",
-        choices=["png", "jpg"],
-        default="png",
-        help="format of the stored backgrounds (png is lossless)",
-    )
-    build.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    _add_package_options(build)
     build.set_defaults(handler=_avatar_build)
     _add_avatar_import(avatar_commands)
 

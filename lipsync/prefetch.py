@@ -23,7 +23,7 @@ def prefetch(source: Iterator[T], depth: int = 2) -> Iterator[T]:
 
     Exceptions from source are re-raised in the consumer. When the consumer stops early, the
     producer stops after the item it is producing and closes source (which cancels a gRPC call
-    behind it); at most depth + 1 items are produced that nobody consumes.
+    behind it); at most depth + 1 produced items are never consumed.
     """
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -238,7 +238,7 @@ def drive_throughput(
 
 
 def speech_cut(seconds: float) -> WavAudio:
-    """The bundled speech, cut (or repeated) to `seconds`, as 16-bit mono at 16 kHz."""
+    """Cut or repeat the bundled speech to `seconds` and return it as 16-bit mono at 16 kHz."""
     speech = read_wav(speech_wav())
     samples = np.frombuffer(speech.data, dtype="<i2")
     needed = int(seconds * speech.sample_rate)
